@@ -1,0 +1,43 @@
+"""Installs deeplab_axial (library), trainer and evaluation.
+
+TensorFlow comes through an extra so that a CPU install never pulls CUDA wheels:
+  pip install ".[cpu]"   # tensorflow-cpu
+  pip install ".[gpu]"   # tensorflow with its CUDA wheels
+"""
+
+import setuptools
+
+_TF = '>=2.21,<2.22'
+
+setuptools.setup(
+    name='deeplab_axial',
+    version='0.1.0',
+    description='Axial-DeepLab (ECCV 2020) for TensorFlow 2.21 / Keras 3: layers, models, trainer, evaluation.',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10,<3.14',
+    packages=setuptools.find_packages(include=['deeplab_axial', 'deeplab_axial.*', 'trainer', 'trainer.*',
+                                               'evaluation', 'evaluation.*']),
+    package_data={'deeplab_axial': ['data/*.json', 'configs/*.proto']},
+    include_package_data=True,
+    install_requires=[
+        'keras>=3.12,<4',
+        'numpy>=1.26,<3',
+        'protobuf>=6.31.1,<8',
+        'absl-py>=2.1,<3',
+        'pillow>=10,<13',
+        'pycocotools>=2.0.8,<3',
+    ],
+    extras_require={
+        'cpu': [f'tensorflow-cpu{_TF}'],
+        'gpu': [f'tensorflow[and-cuda]{_TF}'],
+        'tpu': [f'tensorflow{_TF}'],
+        'test': [
+            'pytest>=8,<10',
+            'panopticapi-lite>=0.2,<1',
+            'cityscapesscripts>=2.2,<3',
+        ],
+        'tfds': ['tensorflow-datasets>=4.9,<5'],
+        'bench': ['hotcoco>=1.3,<2', 'panopticapi-lite>=0.2,<1'],
+    },
+)
