@@ -55,6 +55,12 @@ def test_more_centers_than_top_k_pixels_join_kept_centers_ties_to_higher_score()
     assert inst[3, 3] == 1  # tie (8 and 8): the higher-scoring center wins
     assert inst[0, 6] == 1 and inst[6, 0] == 2
     assert set(np.unique(inst)) == {1, 2}
+    for chunk_size in (1, 2, 16):  # the same answer however many centers a loop step compares, eager and compiled
+        centers, _, valid = pdl.find_instance_centers(tf.constant(_peaks_heatmap()), center_threshold=0.1,
+                                                      nms_kernel=3, keep_k_centers=2)
+        fn = tf.function(lambda c, v, o: pdl.group_pixels(c, v, o, chunk_size=chunk_size), jit_compile=True)
+        for group in (fn, lambda c, v, o: pdl.group_pixels(c, v, o, chunk_size=chunk_size)):
+            np.testing.assert_array_equal(group(centers, valid, tf.zeros([1, 7, 7, 2])).numpy()[0], inst)
     expected_centers = np.zeros((7, 7), np.float32)
     expected_centers[1, 1], expected_centers[5, 1] = 0.9, 0.6
     np.testing.assert_allclose(out[common.PRED_INSTANCE_CENTER_KEY][0], expected_centers)

@@ -180,3 +180,14 @@ def test_batch_wrapper_equals_per_example(rng):
         want = _targets(p, sigma=2.0)
         for key in want:
             np.testing.assert_array_equal(batch[key][i].numpy(), want[key], err_msg=key)
+
+
+def test_unknown_spatial_shape_in_graph_mode(rng):
+    p = _random_panoptic(rng, 21, 30, 5)
+    fn = tf.function(lambda x: targets.generate_panoptic_targets(
+        x, label_divisor=DIVISOR, ignore_label=IGNORE, thing_classes=THINGS, sigma=2.0),
+        input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    got = fn(tf.constant(p))
+    want = _targets(p, sigma=2.0)
+    for key in want:
+        np.testing.assert_array_equal(got[key].numpy(), want[key], err_msg=key)

@@ -74,39 +74,49 @@ def find_instance_centers(center_heatmap: tf.Tensor, *, center_threshold: float,
     return centers, scores, scores > 0.0
 
 
-def group_pixels(centers: tf.Tensor, valid: tf.Tensor, offset_map: tf.Tensor) -> tf.Tensor:
+def group_pixels(centers: tf.Tensor, valid: tf.Tensor, offset_map: tf.Tensor, chunk_size: int = 16) -> tf.Tensor:
     """Index 1..k of the nearest valid center of every pixel moved by its offset, 0 when there is no valid center.
 
-    Loops over the centers (only as many as the largest valid count in the batch), keeping a running minimum, so
-    memory stays at a few [batch, height, width] maps whatever k is.
+    Loops over the centers `chunk_size` at a time (only as far as the largest valid count in the batch), keeping a
+    running minimum: memory stays at a few [batch, height, width, chunk_size] maps whatever k is, and each pass reads
+    the offset map once for a whole chunk. Equal distances go to the lower index, i.e. the higher-scoring center.
 
     Args:
       centers: int32 [batch, k, 2] (y, x).
       valid: bool [batch, k], valid entries first.
       offset_map: [batch, height, width, 2] (dy, dx).
+      chunk_size: centers compared per loop step.
 
     Returns:
       int32 [batch, height, width].
     """
     offset_map = tf.cast(offset_map, tf.float32)
     batch, height, width, _ = _static_or_dynamic_shape(offset_map)
-    grid_y = tf.cast(tf.range(height), tf.float32)[tf.newaxis, :, tf.newaxis]
-    grid_x = tf.cast(tf.range(width), tf.float32)[tf.newaxis, tf.newaxis, :]
-    target_y = grid_y + offset_map[..., 0]
-    target_x = grid_x + offset_map[..., 1]
+    num_centers = centers.shape[1]
+    num_chunks = -(-num_centers // chunk_size)
+    padding = [[0, 0], [0, num_chunks * chunk_size - num_centers]]
     centers = tf.cast(centers, tf.float32)
-    num_iterations = tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
+    chunk_y = tf.reshape(tf.pad(centers[..., 0], padding), [batch, num_chunks, 1, 1, chunk_size])
+    chunk_x = tf.reshape(tf.pad(centers[..., 1], padding), [batch, num_chunks, 1, 1, chunk_size])
+    chunk_valid = tf.reshape(tf.pad(valid, padding), [batch, num_chunks, 1, 1, chunk_size])
+    grid_y = tf.cast(tf.range(height), tf.float32)[tf.newaxis, :, tf.newaxis, tf.newaxis]
+    grid_x = tf.cast(tf.range(width), tf.float32)[tf.newaxis, tf.newaxis, :, tf.newaxis]
+    target_y = grid_y + offset_map[..., 0:1]
+    target_x = grid_x + offset_map[..., 1:2]
+    num_valid = tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
 
-    def body(k, best_distance, best_index):
-        cy = centers[:, k, 0][:, tf.newaxis, tf.newaxis]
-        cx = centers[:, k, 1][:, tf.newaxis, tf.newaxis]
-        distance = tf.square(target_y - cy) + tf.square(target_x - cx)
-        closer = valid[:, k][:, tf.newaxis, tf.newaxis] & (distance < best_distance)
-        return k + 1, tf.where(closer, distance, best_distance), tf.where(closer, k + 1, best_index)
+    def body(c, best_distance, best_index):
+        distance = tf.square(target_y - chunk_y[:, c]) + tf.square(target_x - chunk_x[:, c])
+        distance = tf.where(chunk_valid[:, c], distance, float('inf'))
+        chunk_best = tf.reduce_min(distance, axis=-1)
+        chunk_index = tf.argmin(distance, axis=-1, output_type=tf.int32) + c * chunk_size + 1
+        closer = chunk_best < best_distance
+        return c + 1, tf.where(closer, chunk_best, best_distance), tf.where(closer, chunk_index, best_index)
 
-    init = (tf.constant(0), tf.fill(tf.shape(target_y), float('inf')), tf.zeros(tf.shape(target_y), tf.int32))
-    _, _, best_index = tf.while_loop(lambda k, *_: k < num_iterations, body, init,
-                                     maximum_iterations=centers.shape[1] or tf.shape(centers)[1])
+    shape = tf.shape(target_y)[:3]
+    init = (tf.constant(0), tf.fill(shape, float('inf')), tf.zeros(shape, tf.int32))
+    _, _, best_index = tf.while_loop(lambda c, *_: c * chunk_size < num_valid, body, init,
+                                     maximum_iterations=num_chunks)
     return best_index
 
 
