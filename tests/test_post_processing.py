@@ -275,3 +275,18 @@ def test_post_processing_and_multi_scale_compile_together(rng):
     for key in (common.PRED_PANOPTIC_KEY, common.PRED_INSTANCE_KEY):
         np.testing.assert_array_equal(compiled[key].numpy(), eager[key].numpy())
     assert compiled[common.PRED_PANOPTIC_KEY].shape == (1, 17, 21)
+
+
+def test_dynamic_batch_and_size_in_graph_mode(rng):
+    """As in an exported serving signature: batch, height and width unknown when tracing."""
+    images = tf.constant(rng.uniform(0, 255, (2, 15, 19, 3)), tf.float32)
+    pp = PostProcessor(num_classes=3, label_divisor=100, ignore_label=0, thing_classes=(1,), keep_k_centers=5)
+
+    def infer(x):
+        return pp(pdl.multi_scale_inference(_fake_model, x, scales=(0.5, 1.0), flip=True))
+
+    traced = tf.function(infer, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    got, want = traced(images), infer(images)
+    for key in (common.PRED_PANOPTIC_KEY, common.PRED_INSTANCE_KEY):
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+    np.testing.assert_allclose(got[common.PRED_INSTANCE_CENTER_KEY], want[common.PRED_INSTANCE_CENTER_KEY], rtol=1e-6)
