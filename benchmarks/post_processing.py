@@ -8,6 +8,7 @@ eager. Run from the repository root (or with the package installed):
 
 import argparse
 import time
+from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +21,11 @@ HEIGHT, WIDTH, NUM_CLASSES, NUM_INSTANCES = 1025, 2049, 19, 60
 DIVISOR, IGNORE, THINGS = 1000, 255, tuple(range(11, 19))
 
 
-def synthetic_outputs(seed: int = 0) -> dict:
+def synthetic_outputs(seed: int = 0) -> Tuple[dict, int]:
+    """Raw outputs for a random label map: noisy one-hot logits, targets-built heatmap and offsets plus noise.
+
+    Returns the outputs dict and the number of instances left visible (later rectangles may cover earlier ones).
+    """
     rng = np.random.default_rng(seed)
     panoptic = np.repeat(np.arange(HEIGHT)[:, None] * 11 // HEIGHT, WIDTH, axis=1).astype(np.int32) * DIVISOR
     for i in range(NUM_INSTANCES):
@@ -31,11 +36,12 @@ def synthetic_outputs(seed: int = 0) -> dict:
     logits = np.eye(NUM_CLASSES, dtype=np.float32)[semantic] * 4 + rng.normal(size=(HEIGHT, WIDTH, NUM_CLASSES))
     heatmap = t[common.GT_INSTANCE_CENTER_KEY].numpy() + rng.normal(scale=0.02, size=(HEIGHT, WIDTH))
     offsets = t[common.GT_INSTANCE_REGRESSION_KEY].numpy() + rng.normal(scale=1.0, size=(HEIGHT, WIDTH, 2))
+    visible = len(np.unique(panoptic[panoptic % DIVISOR > 0]))
     return {
         common.PRED_SEMANTIC_LOGITS_KEY: tf.constant(logits[None], tf.float32),
         common.PRED_CENTER_HEATMAP_KEY: tf.constant(heatmap[None], tf.float32),
         common.PRED_OFFSET_MAP_KEY: tf.constant(offsets[None], tf.float32),
-    }
+    }, visible
 
 
 def median_seconds(fn, outputs, repeats: int) -> float:
@@ -52,7 +58,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=5)
     args = parser.parse_args()
-    outputs = synthetic_outputs()
+    outputs, visible = synthetic_outputs()
     pp = PostProcessor(num_classes=NUM_CLASSES, label_divisor=DIVISOR, ignore_label=IGNORE, thing_classes=THINGS,
                        nms_kernel=13, keep_k_centers=200, stuff_area_limit=2048)
     modes = {
@@ -61,7 +67,8 @@ def main():
         'tf.function(jit_compile=True)': tf.function(pp, jit_compile=True),
     }
     found = len(np.unique(pp(outputs)[common.PRED_INSTANCE_KEY].numpy())) - 1
-    print(f'{HEIGHT}x{WIDTH}, {NUM_CLASSES} classes, {NUM_INSTANCES} GT instances ({found} found), '
+    print(f'{HEIGHT}x{WIDTH}, {NUM_CLASSES} classes, {NUM_INSTANCES} instances drawn, {visible} visible, '
+          f'{found} found, '
           f'{args.repeats} runs each, device: CPU')
     baseline = None
     for name, fn in modes.items():
