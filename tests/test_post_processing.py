@@ -112,6 +112,21 @@ def test_no_centers_makes_thing_pixels_void():
     assert np.all(out[common.PRED_INSTANCE_KEY] == 0) and np.all(out[common.PRED_INSTANCE_SCORES_KEY] == 0)
 
 
+def test_image_smaller_than_top_k_pads_with_invalid_centers():
+    heat = np.zeros((1, 3, 3), np.float32)
+    heat[0, 1, 1] = 0.7
+
+    def find(h):
+        return pdl.find_instance_centers(h, center_threshold=0.1, nms_kernel=3, keep_k_centers=20)
+
+    unknown_size = tf.function(find, input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
+    for fn in (find, unknown_size):
+        centers, scores, valid = fn(tf.constant(heat))
+        assert centers.shape == (1, 20, 2) and scores.shape == (1, 20)
+        np.testing.assert_array_equal(centers.numpy()[0, 0], [1, 1])
+        np.testing.assert_array_equal(valid.numpy()[0], [True] + [False] * 19)
+
+
 def test_bad_options_raise():
     with pytest.raises(ValueError, match='keep_k_centers'):
         PostProcessor(num_classes=5, label_divisor=256, ignore_label=0, thing_classes=(1,), keep_k_centers=400)

@@ -69,7 +69,14 @@ def find_instance_centers(center_heatmap: tf.Tensor, *, center_threshold: float,
     is_peak = tf.equal(heatmap, _max_pool_2d(heatmap, nms_kernel)) & (heatmap > 0.0)
     peaks = tf.where(is_peak, heatmap, 0.0)
     batch, height, width = _static_or_dynamic_shape(peaks)
-    scores, index = tf.math.top_k(tf.reshape(peaks, [batch, height * width]), keep_k_centers, sorted=True)
+    num_pixels = height * width
+    # Images with fewer pixels than k: take them all and pad with invalid entries (score 0) up to k.
+    k = min(keep_k_centers, num_pixels) if isinstance(num_pixels, int) else tf.minimum(keep_k_centers, num_pixels)
+    scores, index = tf.math.top_k(tf.reshape(peaks, [batch, num_pixels]), k, sorted=True)
+    if not isinstance(k, int) or k < keep_k_centers:
+        padding = [[0, 0], [0, keep_k_centers - k]]
+        scores = tf.ensure_shape(tf.pad(scores, padding), [peaks.shape[0], keep_k_centers])
+        index = tf.ensure_shape(tf.pad(index, padding), [peaks.shape[0], keep_k_centers])
     centers = tf.stack([index // width, index % width], axis=-1)
     return centers, scores, scores > 0.0
 
