@@ -1,0 +1,1 @@
+"""Post-processing: raw head outputs -> panoptic, semantic and instance predictions."""
