@@ -21,14 +21,6 @@ VOID_ID = 0
 MAX_SEGMENT_ID = 256 ** 3
 
 
-def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """[height, width, 3] uint8 -> [height, width] uint32 segment ids."""
-    ids = rgb[..., 0].astype(np.uint32)
-    ids |= rgb[..., 1].astype(np.uint32) << 8
-    ids |= rgb[..., 2].astype(np.uint32) << 16
-    return ids
-
-
 def id2rgb(ids: np.ndarray) -> np.ndarray:
     """[height, width] segment ids -> [height, width, 3] uint8."""
     ids = np.asarray(ids, dtype=np.uint32)
@@ -49,10 +41,13 @@ def read_panoptic_png(path: str, image_name: str = '') -> np.ndarray:
             if image.mode != 'RGB':
                 raise ValueError(f'Image {label}: PNG {path} has mode {image.mode!r}; a panoptic PNG must be RGB '
                                  '(id = R + 256 * G + 65536 * B)')
-            rgb = np.asarray(image)
+            image.load()
+            # Pillow keeps RGB pixels as 4 bytes (R, G, B, pad): reading them as little-endian uint32 and masking
+            # the pad byte gives R + 256 * G + 65536 * B without repacking to 3 bytes.
+            packed = np.frombuffer(image.tobytes('raw', 'RGBX'), dtype='<u4').reshape(image.height, image.width)
     except (OSError, SyntaxError) as e:
         raise ValueError(f'Image {label}: cannot decode PNG {path}: {e}') from None
-    return rgb2id(rgb)
+    return packed & np.uint32(0xFFFFFF)
 
 
 def _atomic_write_bytes(path: str, write_fn) -> None:
