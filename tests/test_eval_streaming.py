@@ -1,5 +1,9 @@
 """In-memory evaluation (what the trainer calls): hand-computed values, batches, and merging across workers."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -95,3 +99,10 @@ def test_average_precision_by_hand():
     expected = sum(p * 0.5 * (padded[i] - padded[i + 2]) for i, p in enumerate(precision))
     assert ap == pytest.approx(expected)
     assert average_precision(np.zeros(0), np.zeros(0), 3) == 0.0
+
+
+def test_evaluation_imports_without_tensorflow():
+    code = ('import sys, evaluation.evaluate, evaluation.panoptic_evaluator, evaluation.coco_panoptic_format; '
+            'sys.exit(int("tensorflow" in sys.modules or "keras" in sys.modules))')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert subprocess.run([sys.executable, '-c', code], cwd=root, timeout=120).returncode == 0
