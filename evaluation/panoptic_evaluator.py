@@ -53,14 +53,16 @@ class PanopticEvaluator:
     def _accumulators(self):
         return [a for a in (self.pq, self.coco_ap, self.cityscapes_ap, self.miou) if a is not None]
 
-    def add_overlap(self, overlap: SegmentOverlap) -> None:
-        """Accumulates one image given as a `SegmentOverlap`."""
+    def add_overlap(self, overlap: SegmentOverlap, with_miou: bool = True) -> None:
+        """Accumulates one image given as a `SegmentOverlap` (mIoU too unless `with_miou` is False)."""
         for accumulator in self._accumulators():
-            accumulator.add(overlap)
+            if with_miou or accumulator is not self.miou:
+                accumulator.add(overlap)
         self.num_images += 1
 
     def update(self, panoptic_gt: np.ndarray, panoptic_pred: np.ndarray,
-               instance_scores: Optional[np.ndarray] = None, image_names: Optional[Sequence[str]] = None) -> None:
+               instance_scores: Optional[np.ndarray] = None, image_names: Optional[Sequence[str]] = None,
+               semantic_pred: Optional[np.ndarray] = None) -> None:
         """Accumulates in-memory panoptic maps, one image or a batch.
 
         Args:
@@ -70,6 +72,8 @@ class PanopticEvaluator:
           instance_scores: optional, same shape, float: each pixel carries its instance's score (for AP;
             default score 1.0).
           image_names: optional, one per image, for error messages.
+          semantic_pred: optional, same shape, contiguous class ids (the semantic head's argmax): mIoU is then
+            computed from it, as deeplab2 reports it, instead of from the panoptic prediction.
         """
         if self.descriptor is None:
             raise ValueError('update() needs a DatasetDescriptor; build the evaluator with from_descriptor()')
@@ -77,16 +81,31 @@ class PanopticEvaluator:
         if panoptic_gt.shape != panoptic_pred.shape or panoptic_gt.ndim not in (2, 3):
             raise ValueError('panoptic_gt and panoptic_pred must share a [height, width] or [batch, height, width] '
                              f'shape; received {panoptic_gt.shape} and {panoptic_pred.shape}')
+        if semantic_pred is not None and np.shape(semantic_pred) != panoptic_gt.shape:
+            raise ValueError(f'semantic_pred must have the panoptic shape {panoptic_gt.shape}; received '
+                             f'{np.shape(semantic_pred)}')
         if panoptic_gt.ndim == 2:
             panoptic_gt, panoptic_pred = panoptic_gt[None], panoptic_pred[None]
             instance_scores = None if instance_scores is None else np.asarray(instance_scores)[None]
+            semantic_pred = None if semantic_pred is None else np.asarray(semantic_pred)[None]
+        use_semantic = semantic_pred is not None and self.miou is not None
         for b in range(panoptic_gt.shape[0]):
             name = image_names[b] if image_names is not None else f'#{self.num_images}'
             gt_ids, gt_segments = panoptic_to_segments(panoptic_gt[b], self.descriptor)
             pred_ids, pred_segments = panoptic_to_segments(
                 panoptic_pred[b], self.descriptor, None if instance_scores is None else instance_scores[b])
             self.add_overlap(compute_overlap(str(name), gt_ids, gt_segments, pred_ids, pred_segments,
-                                             self.categories))
+                                             self.categories), with_miou=not use_semantic)
+            if use_semantic:
+                self.miou.add_semantic(self._dataset_ids(panoptic_gt[b] // self.descriptor.panoptic_label_divisor),
+                                       self._dataset_ids(np.asarray(semantic_pred[b])))
+
+    def _dataset_ids(self, semantic: np.ndarray) -> np.ndarray:
+        """Contiguous class ids -> dataset category ids; void and out-of-range ids -> -1 (not evaluated)."""
+        d = self.descriptor
+        lut = np.array([d.to_dataset_id(c) if c != d.ignore_label else -1 for c in range(d.num_classes)], np.int64)
+        inside = (semantic >= 0) & (semantic < d.num_classes)
+        return np.where(inside, lut[np.clip(semantic, 0, d.num_classes - 1)], -1)
 
     def merge(self, other: 'PanopticEvaluator') -> None:
         """Adds another evaluator's images (same categories and metrics)."""

@@ -7,7 +7,7 @@ segment of that category listed in the JSON). Unmatched non-crowd GT segments ar
 run over the classes with tp + fp + fn > 0, for All, Things and Stuff.
 """
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 import numpy as np
 
@@ -109,11 +109,3 @@ class PanopticQuality:
         out['per_class'] = per_class
         return out
 
-
-def pq_from_overlaps(overlaps, categories: Mapping[int, dict],
-                     accumulator: Optional[PanopticQuality] = None) -> PanopticQuality:
-    """Feeds an iterable of `SegmentOverlap` into a (new) accumulator."""
-    accumulator = accumulator or PanopticQuality(categories)
-    for overlap in overlaps:
-        accumulator.add(overlap)
-    return accumulator

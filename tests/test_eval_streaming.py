@@ -43,6 +43,20 @@ def test_hand_computed_pq_and_miou():
     assert result['miou']['mIoU'] == pytest.approx((4 / 7 + 0.7) / 2)
 
 
+def test_miou_from_semantic_prediction():
+    d1, sky, void = DISC * DIV + 1, SKY * DIV, VOID * DIV
+    gt = _pan([[d1, d1, sky, sky], [void, void, sky, sky]])
+    panoptic_pred = _pan([[void] * 4, [void] * 4])  # an empty panoptic prediction ...
+    semantic_pred = _pan([[DISC, SKY, SKY, SKY], [SKY, SKY, VOID, SKY]])  # ... but a semantic one
+    evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC, ['pq', 'miou'])
+    evaluator.update(gt, panoptic_pred, semantic_pred=semantic_pred)
+    result = evaluator.result()
+    # disc: tp 1, fn 1; sky: tp 3, fn 1 (void predicted), fp 1; void GT pixels ignored.
+    disc_id, sky_id = SYNTHETIC.to_dataset_id(DISC), SYNTHETIC.to_dataset_id(SKY)
+    assert result['miou']['per_class'] == pytest.approx({str(disc_id): 1 / 2, str(sky_id): 3 / 5})
+    assert result['pq']['All']['pq'] == 0.0  # PQ still comes from the panoptic prediction
+
+
 def test_crowd_absorbs_predictions_covering_more_than_half():
     crowd, wall, d1 = DISC * DIV, WALL * DIV, DISC * DIV + 1
     gt = _pan([[crowd] * 4, [wall] * 4])
