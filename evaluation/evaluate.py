@@ -102,8 +102,9 @@ def format_table(results: Dict[str, dict]) -> str:
             lines.append(f'{split:10s}|{100 * r["pq"]:7.2f}{100 * r["sq"]:7.2f}{100 * r["rq"]:7.2f}{r["n"]:6d}')
     if 'ap' in results:
         ap = results['ap']
-        lines.append('COCO mask AP: ' + '  '.join(f'{k} {100 * ap[k]:.2f}' for k in ('AP', 'AP50', 'AP75', 'APs',
-                                                                                       'APm', 'APl')))
+        # pycocotools reports -1 for an area range without GT.
+        lines.append('COCO mask AP: ' + '  '.join(f'{k} {100 * ap[k]:.2f}' if ap[k] >= 0 else f'{k} n/a'
+                                                  for k in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')))
         lines.append(f'Cityscapes instance AP: AP {100 * ap["cityscapes_AP"]:.2f}  '
                      f'AP50 {100 * ap["cityscapes_AP50"]:.2f}')
     if 'miou' in results:
