@@ -37,7 +37,8 @@ def coco_id_mapping(categories: Sequence[dict]) -> Dict[int, int]:
     return {c['id']: i + 1 for i, c in enumerate(sorted(categories, key=lambda c: c['id']))}
 
 
-def _load_json(path: str) -> dict:
+def load_json(path: str) -> dict:
+    """Reads an annotation JSON (tf.io.gfile); errors name the file."""
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f'Missing annotation file: {path}')
     with tf.io.gfile.GFile(path) as f:
@@ -93,7 +94,7 @@ def convert_split(coco_root: str, output_dir: str, split: str, num_shards: int =
         converting one dataset with another's class list).
     """
     json_path = os.path.join(coco_root, 'annotations', f'panoptic_{split}2017.json')
-    data = _load_json(json_path)
+    data = load_json(json_path)
     for key in ('images', 'annotations', 'categories'):
         if key not in data:
             raise ValueError(f'{json_path}: missing top-level key {key!r}')
