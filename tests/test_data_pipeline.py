@@ -4,9 +4,9 @@ import dataclasses
 import os
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 import pytest
 import tensorflow as tf
-from scipy import ndimage
 
 from deeplab_axial import common
 from deeplab_axial.data import autoaugment
@@ -79,8 +79,8 @@ def test_train_crop_scale_flip_keep_image_and_label_aligned():
         assert out_image.shape == (17, 33, 3) and out_label.shape == (17, 33)
         valid = out_label != 0
         # Nearest-neighbour labels vs bilinear colours agree where the 5x5 neighbourhood has one label.
-        interior = valid & (ndimage.minimum_filter(out_label, 5, mode='constant', cval=-1) ==
-                            ndimage.maximum_filter(out_label, 5, mode='constant', cval=-1))
+        windows = sliding_window_view(np.pad(out_label, 2, constant_values=-1), (5, 5))
+        interior = valid & (windows.min(axis=(-2, -1)) == windows.max(axis=(-2, -1)))
         expected = _label_coded_image(out_label).astype(np.float32)
         np.testing.assert_allclose(out_image[interior][:, :2], expected[interior][:, :2], atol=1e-3)  # misaligned: >= 40
         np.testing.assert_array_equal(out_image[~valid & (out_image[..., 0] == 127.5)], 127.5)
@@ -175,3 +175,25 @@ def test_missing_files_and_bad_options_are_named(tmp_path):
     with pytest.raises(ValueError, match='crop_size'):
         input_pipeline.build_dataset(input_pipeline.DataOptions(
             dataset=_DESCRIPTOR, file_pattern=str(tmp_path / 'train-*'), crop_size=(5, 5, 5)))
+
+
+def test_resize_to_range_sizes_are_hand_computed():
+    size = preprocessing.resize_to_range_size
+    # COCO recipe (min = max = 641, factor 32): 480x640 -> 481x641 (k * 32 + 1, long side bounded).
+    np.testing.assert_array_equal(size(480, 640, 641, 641, 32), [481, 641])
+    # Shorter side to 600 would make the longer 1200 > 800, so the longer side sets the scale 0.8.
+    np.testing.assert_array_equal(size(1000, 500, 600, 800, 0), [800, 400])
+    np.testing.assert_array_equal(size(10, 20, 15, 0, 0), [15, 30])
+
+
+def test_eval_with_resize_keeps_raw_labels_and_reports_resized_size(tmp_path):
+    _write_records(str(tmp_path), 1)
+    options = input_pipeline.DataOptions(dataset=_DESCRIPTOR, file_pattern=str(tmp_path / 'train-*'), batch_size=1,
+                                         crop_size=(41, 61), min_resize_value=40, max_resize_value=60,
+                                         is_training=False)
+    sample = next(iter(input_pipeline.build_dataset(options)))
+    np.testing.assert_array_equal(sample[common.GT_SIZE_RESIZED][0], [40, 60])
+    np.testing.assert_array_equal(sample[common.GT_PANOPTIC_RAW][0], _panoptic())
+    # Nearest-neighbour upsampling by exactly 2: every label pixel doubles.
+    np.testing.assert_array_equal(sample[common.GT_PANOPTIC_KEY][0, :40, :60],
+                                  np.repeat(np.repeat(_panoptic(), 2, 0), 2, 1))

@@ -13,11 +13,13 @@ or `'tfds:imagenet2012'`, split from `tfds_split`).
 Training samples: `image` [crop_h, crop_w, 3] float32 0..255 plus the targets of
 `targets.generate_panoptic_targets`. Evaluation samples: the image padded to `crop_size` (never cropped; or the
 full image when crop_size is None), the same targets, and the labels at original resolution (`panoptic_raw`,
-`semantic_raw`, `is_crowd_raw`), `size_raw` [2] and `image_name`. Batched evaluation pads raw labels to the largest
-in the batch with void; slice them with `size_raw`.
+`semantic_raw`, `is_crowd_raw`), `size_raw` [2], `size_resized` [2] (the image size after resize_to_range, before
+padding: predictions[:size_resized] resized to size_raw line up with the raw labels) and `image_name`. Batched
+evaluation pads raw labels to the largest in the batch with void; slice them with `size_raw`.
 """
 
 import dataclasses
+import functools
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
@@ -38,9 +40,12 @@ class DataOptions:
 
     Attributes:
       dataset: registered name, a DatasetDescriptor, or a dict for DatasetDescriptor.from_dict.
-      file_pattern: TFRecord glob(s), comma-separated, or 'tfds:<name>' for TFDS.
+      file_pattern: TFRecord glob(s) (a list, or comma-separated), or 'tfds:<name>' for TFDS.
       batch_size: GLOBAL batch size; per-pipeline size comes from the InputContext when one is given.
       crop_size: (height, width). Training crops to it; evaluation pads to it (None = keep full image).
+      min_resize_value, max_resize_value, resize_factor: deeplab2's resize_to_range before augmentation (shorter
+        side to min, longer side at most max, sides k * factor + 1); 0 disables. Evaluation keeps raw labels at
+        the original size and reports the resized size in `size_resized`.
       min_scale_factor, max_scale_factor, scale_factor_step_size: training random scale (step 0 = uniform).
       autoaugment_policy_name: colour policy (see autoaugment.py), '' or None for none.
       sigma, increase_small_instance_weights, small_instance_threshold, small_instance_weight: target options.
@@ -57,9 +62,12 @@ class DataOptions:
     """
 
     dataset: Union[str, dataset_lib.DatasetDescriptor, Dict[str, Any]] = 'synthetic_panoptic'
-    file_pattern: str = ''
+    file_pattern: Union[str, Sequence[str]] = ''
     batch_size: int = 8
     crop_size: Optional[Tuple[int, int]] = (129, 129)
+    min_resize_value: int = 0
+    max_resize_value: int = 0
+    resize_factor: int = 0
     min_scale_factor: float = 1.0
     max_scale_factor: float = 1.0
     scale_factor_step_size: float = 0.0
@@ -87,10 +95,26 @@ class DataOptions:
         return dataset_lib.get(self.dataset)
 
 
-def list_files(file_pattern: str) -> Sequence[str]:
-    """Sorted files matching comma-separated glob patterns (tf.io.gfile, so gs:// works)."""
+def _patterns(file_pattern: Union[str, Sequence[str]]) -> Sequence[str]:
+    if isinstance(file_pattern, str):
+        file_pattern = file_pattern.split(',')
+    return [p.strip() for p in file_pattern if p.strip()]
+
+
+def _tfds_name(file_pattern: Union[str, Sequence[str]]) -> Optional[str]:
+    """'coco/2017_panoptic' for file_pattern 'tfds:coco/2017_panoptic', else None."""
+    patterns = _patterns(file_pattern)
+    if any(p.startswith(TFDS_PREFIX) for p in patterns):
+        if len(patterns) != 1:
+            raise ValueError(f'A "tfds:" file_pattern cannot be mixed with other patterns. Received: {patterns}')
+        return patterns[0][len(TFDS_PREFIX):]
+    return None
+
+
+def list_files(file_pattern: Union[str, Sequence[str]]) -> Sequence[str]:
+    """Sorted files matching glob patterns (a list or comma-separated; tf.io.gfile, so gs:// works)."""
     files = []
-    for pattern in [p.strip() for p in file_pattern.split(',') if p.strip()]:
+    for pattern in _patterns(file_pattern):
         matched = tf.io.gfile.glob(pattern)
         if not matched:
             raise FileNotFoundError(f'file_pattern {pattern!r} matches no files')
@@ -175,15 +199,18 @@ class _Preprocessor:
         image = tf.cast(example[common.IMAGE], tf.float32)
         panoptic = example['panoptic']
         pad_value = d.ignore_label * d.panoptic_label_divisor
+        image, label = preprocessing.resize_to_range(image, panoptic, o.min_resize_value, o.max_resize_value,
+                                                     o.resize_factor)
+        resized_size = tf.shape(label)[:2]
         if o.is_training:
             if o.crop_size is None:
                 raise ValueError('Training needs DataOptions.crop_size')
             image, label = preprocessing.preprocess_panoptic_train(
-                image, panoptic, seed, crop_size=o.crop_size, min_scale=o.min_scale_factor,
+                image, label, seed, crop_size=o.crop_size, min_scale=o.min_scale_factor,
                 max_scale=o.max_scale_factor, scale_step=o.scale_factor_step_size, label_pad_value=pad_value,
                 color_augment=self.color_augment)
         else:
-            image, label = preprocessing.preprocess_panoptic_eval(image, panoptic, o.crop_size, pad_value)
+            image, label = preprocessing.preprocess_panoptic_eval(image, label, o.crop_size, pad_value)
         sample = targets.generate_panoptic_targets(
             label, label_divisor=d.panoptic_label_divisor, ignore_label=d.ignore_label,
             thing_classes=d.thing_classes, sigma=o.sigma, small_instance_threshold=o.small_instance_threshold,
@@ -194,6 +221,7 @@ class _Preprocessor:
             semantic, crowd = _semantic_and_crowd(panoptic, d)
             sample.update({common.GT_PANOPTIC_RAW: panoptic, common.GT_SEMANTIC_RAW: semantic,
                            common.GT_IS_CROWD_RAW: crowd, common.GT_SIZE_RAW: tf.shape(panoptic)[:2],
+                           common.GT_SIZE_RESIZED: resized_size,
                            common.IMAGE_NAME: example[common.IMAGE_NAME]})
         return sample
 
@@ -215,12 +243,11 @@ def _records(options: DataOptions, input_context: Optional[tf.distribute.InputCo
     repeat = training if options.repeat is None else options.repeat
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    if options.file_pattern.startswith(TFDS_PREFIX):
+    tfds_name = _tfds_name(options.file_pattern)
+    if tfds_name:
         from deeplab_axial.data import tfds_sources
-        ds = tfds_sources.load(options.file_pattern[len(TFDS_PREFIX):], options.tfds_split, options.tfds_data_dir,
-                               shuffle_files=training, seed=options.seed)
-        if num_pipelines > 1:
-            ds = ds.shard(num_pipelines, pipeline_id)
+        ds = tfds_sources.load(tfds_name, options.tfds_split, options.tfds_data_dir,
+                               shuffle_files=training, seed=options.seed, input_context=input_context)
     else:
         files = list_files(options.file_pattern)
         ds = tf.data.Dataset.from_tensor_slices(list(files))
@@ -251,20 +278,23 @@ def build_dataset(options: DataOptions,
     batch_size = (input_context.get_per_replica_batch_size(options.batch_size) if input_context
                   else options.batch_size)
     ds = _records(options, input_context)
-    is_tfds = options.file_pattern.startswith(TFDS_PREFIX)
-    if is_tfds:
+    tfds_name = _tfds_name(options.file_pattern)
+    if tfds_name:
         from deeplab_axial.data import tfds_sources
-        decode = tfds_sources.decoder(options.file_pattern[len(TFDS_PREFIX):], descriptor)
+        decode = tfds_sources.decoder(tfds_name, descriptor)
     elif descriptor.is_panoptic:
-        decode = lambda r: decode_panoptic_example(r, descriptor.panoptic_label_divisor)  # noqa: E731
+        decode = functools.partial(decode_panoptic_example, label_divisor=descriptor.panoptic_label_divisor)
     else:
-        decode = lambda r: decode_classification_example(r, options.class_label_offset)  # noqa: E731
+        decode = functools.partial(decode_classification_example, label_offset=options.class_label_offset)
     process = preprocessor.panoptic if descriptor.is_panoptic else preprocessor.classification
+
+    def decode_and_process(record, seed):
+        return process(decode(record), seed)
 
     # One independent [2] seed per example: stateless augmentation is reproducible given options.seed.
     seeds = tf.data.Dataset.random(seed=options.seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds))
-    ds = ds.map(lambda record, seed: process(decode(record), seed), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(decode_and_process, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=options.deterministic or not options.is_training)
     drop = options.is_training if options.drop_remainder is None else options.drop_remainder
     if descriptor.is_panoptic and not options.is_training:

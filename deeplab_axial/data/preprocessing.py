@@ -42,6 +42,40 @@ def scale_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], scale: t
     return image, label
 
 
+def resize_to_range_size(height: tf.Tensor, width: tf.Tensor, min_size: int, max_size: int, factor: int
+                         ) -> tf.Tensor:
+    """deeplab2's resize_to_range target size [2]: shorter side to `min_size`, longer side at most `max_size`.
+
+    With `factor` > 0 each side becomes k * factor + 1 (rounded up), and `max_size` is first lowered to that form
+    so the bound still holds. Non-positive sizes disable that bound.
+    """
+    size = tf.cast(tf.stack([height, width]), tf.float32)
+    scale = tf.constant(1.0)
+    if min_size > 0:
+        scale = min_size / tf.reduce_min(size)
+    if max_size > 0:
+        if factor > 0:
+            max_size -= (max_size - 1) % factor
+        scale = tf.minimum(scale, max_size / tf.reduce_max(size))
+    new_size = tf.cast(tf.floor(size * scale), tf.int32)
+    if factor > 0:
+        new_size += (factor - (new_size - 1) % factor) % factor
+    return new_size
+
+
+def resize_to_range(image: tf.Tensor, label: Optional[tf.Tensor], min_size: int, max_size: int, factor: int
+                    ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
+    """Resizes image (bilinear) and label (nearest) to `resize_to_range_size`; identity when both sizes are off."""
+    if min_size <= 0 and max_size <= 0:
+        return image, label
+    shape = tf.shape(image)
+    size = resize_to_range_size(shape[0], shape[1], min_size, max_size, factor)
+    image = tf.image.resize(image, size, method='bilinear')
+    if label is not None:
+        label = tf.image.resize(label[..., tf.newaxis], size, method='nearest')[..., 0]
+    return image, label
+
+
 def pad_to_size(image: tf.Tensor, label: Optional[tf.Tensor], height: int, width: int, label_pad_value: int
                 ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
     """Pads bottom/right up to at least [height, width]: image with 127.5, label with `label_pad_value`."""

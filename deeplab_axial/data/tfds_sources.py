@@ -25,11 +25,14 @@ def _tfds():
     return tfds
 
 
-def load(name: str, split: str, data_dir: Optional[str], shuffle_files: bool, seed: Optional[int]
-         ) -> tf.data.Dataset:
-    """The TFDS dataset `name` (already prepared under `data_dir`; nothing is downloaded)."""
+def load(name: str, split: str, data_dir: Optional[str], shuffle_files: bool, seed: Optional[int],
+         input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """The TFDS dataset `name` (already prepared under `data_dir`; nothing is downloaded).
+
+    With an `input_context`, TFDS gives each input pipeline its own subset of the files.
+    """
     tfds = _tfds()
-    read_config = tfds.ReadConfig(shuffle_seed=seed)
+    read_config = tfds.ReadConfig(shuffle_seed=seed, input_context=input_context)
     return tfds.load(name, split=split, data_dir=data_dir, shuffle_files=shuffle_files, download=False,
                      read_config=read_config)
 
