@@ -197,3 +197,14 @@ def test_eval_with_resize_keeps_raw_labels_and_reports_resized_size(tmp_path):
     # Nearest-neighbour upsampling by exactly 2: every label pixel doubles.
     np.testing.assert_array_equal(sample[common.GT_PANOPTIC_KEY][0, :40, :60],
                                   np.repeat(np.repeat(_panoptic(), 2, 0), 2, 1))
+
+
+def test_deeplab2_semantic_only_png_labels_become_panoptic():
+    semantic = np.array([[0, 1, 2], [3, 3, 1]], np.uint8)
+    example = data_utils.create_panoptic_example(
+        tf.io.encode_png(np.zeros((2, 3, 3), np.uint8)).numpy(), 'png', 'x', 2, 3, None)
+    feature = example.features.feature
+    feature[common.KEY_ENCODED_LABEL].bytes_list.value.append(tf.io.encode_png(semantic[..., None]).numpy())
+    feature[common.KEY_LABEL_FORMAT].bytes_list.value.append(b'png')
+    decoded = input_pipeline.decode_panoptic_example(example.SerializeToString(), 1000)
+    np.testing.assert_array_equal(decoded['panoptic'], semantic.astype(np.int32) * 1000)

@@ -8,10 +8,13 @@ source PNGs, and decodes back bit-exactly. Records written by deeplab2 (format '
 """
 
 import io
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
+import tensorflow as tf
+
+from deeplab_axial import common
 
 # Label format values of `common.KEY_LABEL_FORMAT`.
 PANOPTIC_PNG_FORMAT = 'panoptic_rgb_png'
@@ -47,21 +50,17 @@ def decode_panoptic_png(data: bytes) -> np.ndarray:
         return rgb_to_id(np.asarray(im.convert('RGB')))
 
 
-def _bytes(value: bytes):
-    import tensorflow as tf
+def _bytes(value: bytes) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def _int64(value: int):
-    import tensorflow as tf
+def _int64(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
 def create_panoptic_example(image_data: bytes, image_format: str, filename: str, height: int, width: int,
-                            panoptic: Optional[np.ndarray]):
+                            panoptic: Optional[np.ndarray]) -> tf.train.Example:
     """A panoptic tf.train.Example; `panoptic` [height, width] int32 or None (test split without labels)."""
-    import tensorflow as tf
-    from deeplab_axial import common
     feature = {
         common.KEY_ENCODED_IMAGE: _bytes(image_data),
         common.KEY_IMAGE_FILENAME: _bytes(filename.encode()),
@@ -79,10 +78,8 @@ def create_panoptic_example(image_data: bytes, image_format: str, filename: str,
 
 
 def create_classification_example(image_data: bytes, image_format: str, filename: str, height: int, width: int,
-                                  label: int):
+                                  label: int) -> tf.train.Example:
     """A TPU-style ImageNet tf.train.Example (`image/class/label` is 1-based in that format)."""
-    import tensorflow as tf
-    from deeplab_axial import common
     return tf.train.Example(features=tf.train.Features(feature={
         common.KEY_ENCODED_IMAGE: _bytes(image_data),
         common.KEY_IMAGE_FILENAME: _bytes(filename.encode()),
@@ -94,7 +91,7 @@ def create_classification_example(image_data: bytes, image_format: str, filename
     }))
 
 
-def read_image_for_record(path: str):
+def read_image_for_record(path: str) -> Tuple[bytes, str, int, int]:
     """Reads an image file for a record: (bytes, format, height, width).
 
     JPEG/PNG bytes in RGB or grayscale are stored unchanged (so a converted dataset stays the size of its
@@ -104,7 +101,6 @@ def read_image_for_record(path: str):
       FileNotFoundError: naming `path` when it does not exist.
       ValueError: naming `path` when it is not a readable image.
     """
-    import tensorflow as tf
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f'Missing image file: {path}')
     with tf.io.gfile.GFile(path, 'rb') as f:
