@@ -208,3 +208,10 @@ def test_deeplab2_semantic_only_png_labels_become_panoptic():
     feature[common.KEY_LABEL_FORMAT].bytes_list.value.append(b'png')
     decoded = input_pipeline.decode_panoptic_example(example.SerializeToString(), 1000)
     np.testing.assert_array_equal(decoded['panoptic'], semantic.astype(np.int32) * 1000)
+
+
+def test_training_without_crop_size_is_rejected(tmp_path):
+    _write_records(str(tmp_path), 1)
+    with pytest.raises(ValueError, match='crop_size is needed for training'):
+        input_pipeline.build_dataset(input_pipeline.DataOptions(
+            dataset=_DESCRIPTOR, file_pattern=str(tmp_path / 'train-*'), crop_size=None))

@@ -193,6 +193,9 @@ class _Preprocessor:
         self.color_augment = autoaugment.get_policy(options.autoaugment_policy_name)
         if options.crop_size is not None and len(options.crop_size) != 2:
             raise ValueError(f'DataOptions.crop_size must be (height, width). Received: {options.crop_size}')
+        if options.crop_size is None and (options.is_training or not self.descriptor.is_panoptic):
+            raise ValueError('DataOptions.crop_size is needed for training and for classification '
+                             '(e.g. (1025, 2049) or (224, 224)); only panoptic evaluation may omit it')
 
     def panoptic(self, example: Dict[str, tf.Tensor], seed: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
         o, d = self.options, self.descriptor
@@ -203,8 +206,6 @@ class _Preprocessor:
                                                      o.resize_factor)
         resized_size = tf.shape(label)[:2]
         if o.is_training:
-            if o.crop_size is None:
-                raise ValueError('Training needs DataOptions.crop_size')
             image, label = preprocessing.preprocess_panoptic_train(
                 image, label, seed, crop_size=o.crop_size, min_scale=o.min_scale_factor,
                 max_scale=o.max_scale_factor, scale_step=o.scale_factor_step_size, label_pad_value=pad_value,
@@ -228,8 +229,6 @@ class _Preprocessor:
     def classification(self, example: Dict[str, tf.Tensor], seed: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
         o = self.options
         image = tf.cast(example[common.IMAGE], tf.float32)
-        if o.crop_size is None:
-            raise ValueError('Classification needs DataOptions.crop_size (e.g. (224, 224))')
         if o.is_training:
             image = preprocessing.classification_train(image, seed, o.crop_size)
         else:
@@ -256,7 +255,6 @@ def _records(options: DataOptions, input_context: Optional[tf.distribute.InputCo
             ds = ds.shard(num_pipelines, pipeline_id)
         if training:
             ds = ds.shuffle(len(files), seed=options.seed, reshuffle_each_iteration=True)
-        if training:
             ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=options.deterministic)
         else:  # One file after the other: evaluation order is the file order.
