@@ -39,6 +39,8 @@ GT_SEMANTIC_RAW = 'semantic_raw'
 GT_PANOPTIC_RAW = 'panoptic_raw'
 GT_IS_CROWD_RAW = 'is_crowd_raw'
 GT_SIZE_RAW = 'size_raw'
+# Evaluation: image size after resize_to_range, before padding to the crop size.
+GT_SIZE_RESIZED = 'size_resized'
 
 # === Losses ===
 SEMANTIC_LOSS = 'semantic_loss'
