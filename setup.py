@@ -40,6 +40,7 @@ setuptools.setup(
             'matplotlib>=3.7',
             'scikit-image>=0.21',
             'platformdirs>=3',
+            'tensorflow-datasets>=4.9,<5',
         ],
         'tfds': ['tensorflow-datasets>=4.9,<5'],
         'bench': ['hotcoco>=1.3,<2'],
