@@ -292,3 +292,59 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path):
     np.testing.assert_allclose(out['mirrored']['losses'], out['one_device']['losses'], rtol=1e-5)
     for a, b in zip(out['mirrored']['weights'], out['one_device']['weights']):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('policy', ['mixed_float16', 'mixed_bfloat16'])
+def test_mixed_precision_train_step(policy):
+    """Float16 trains through the LossScaleOptimizer (loss scaled, gradients unscaled); bfloat16 directly."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = _model()
+        optimizer = optimizer_builder.build_optimizer(_solver('sgd', lookahead=False), mixed_precision_policy=policy)
+
+        def loss_fn(inputs):
+            prediction = tf.cast(model(inputs['x']), tf.float32)
+            return {common.TOTAL_LOSS: tf.reduce_sum(tf.square(prediction - inputs['y']), axis=-1)}
+
+        step = tf.function(train_step.make_train_step_fn(loss_fn, model.trainable_variables, optimizer, _BATCH,
+                                                         clip_norm=1.0))
+        batch = next(iter(_data()))
+        losses = [float(step(batch)[common.TOTAL_LOSS]) for _ in range(5)]
+    finally:
+        keras.mixed_precision.set_global_policy('float32')
+    assert model.layers[0].compute_dtype != 'float32'
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_backbone_optimizer_gets_its_own_learning_rate():
+    """With a zero-rate backbone optimizer the backbone variables stay fixed while the others move."""
+    model = _model()
+    backbone = model.layers[0].trainable_variables
+
+    def loss_fn(inputs):
+        return {common.TOTAL_LOSS: tf.reduce_sum(tf.square(model(inputs['x']) - inputs['y']), axis=-1)}
+
+    step = train_step.make_train_step_fn(loss_fn, model.trainable_variables, keras.optimizers.SGD(0.01), _BATCH,
+                                         backbone_optimizer=keras.optimizers.SGD(0.0), backbone_variables=backbone)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    step(next(iter(_data())))
+    after = [v.numpy() for v in model.trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before[:2], after[:2]))
+    assert not np.array_equal(before[2], after[2])
+
+
+def test_train_step_output_is_global_batch_mean_with_weight_decay():
+    model = _model()
+    batch = next(iter(_data()))
+    expected = float(tf.reduce_mean(tf.reduce_sum(tf.square(model(batch['x']) - batch['y']), -1)))
+    decay = 1e-2 * sum(float(tf.reduce_sum(tf.square(v))) / 2 for v in model.trainable_variables
+                       if v.path.endswith('kernel'))
+
+    def loss_fn(inputs):
+        return {common.TOTAL_LOSS: tf.reduce_sum(tf.square(model(inputs['x']) - inputs['y']), axis=-1)}
+
+    step = train_step.make_train_step_fn(loss_fn, model.trainable_variables, keras.optimizers.SGD(0.0), _BATCH,
+                                         weight_decay=1e-2)
+    out = step(batch)
+    assert float(out['weight_decay_loss']) == pytest.approx(decay, rel=1e-5)
+    assert float(out[common.TOTAL_LOSS]) == pytest.approx(expected + decay, rel=1e-5)
