@@ -236,6 +236,12 @@ def test_init_fn_runs_only_without_checkpoint(tmp_path):
     assert calls == [1]
 
 
+def test_finite_training_data_is_a_clear_error(tmp_path):
+    controller, _, _ = _controller(tmp_path, dataset=_data().take(5))
+    with pytest.raises(ValueError, match='ran out of batches after step 5'):
+        controller.train(8)
+
+
 def test_controller_argument_errors(tmp_path):
     with pytest.raises(ValueError, match='steps_per_loop'):
         _controller(tmp_path, steps_per_loop=0)

@@ -173,7 +173,8 @@ class Controller:
                     for k in self._output_keys}
             totals = {k: totals[k] + last[k] for k in self._output_keys}
             count += 1.0
-            self._global_step.assign_add(1)
+            with tf.control_dependencies(list(last.values())):
+                self._global_step.assign_add(1)
             if not tf.reduce_all(tf.stack([tf.math.is_finite(v) for v in last.values()])):
                 break
         return {k: v / tf.maximum(count, 1.0) for k, v in totals.items()}, last
@@ -243,7 +244,11 @@ class Controller:
         while step < steps:
             stop = self._next_stop(step, steps, intervals)
             t0 = time.time()
-            mean_out, last_out = self._train_loop(self._train_iterator, tf.constant(stop - step, tf.int32))
+            try:
+                mean_out, last_out = self._train_loop(self._train_iterator, tf.constant(stop - step, tf.int32))
+            except tf.errors.OutOfRangeError:
+                raise ValueError(f'The training dataset ran out of batches after step {self.global_step}; it must '
+                                 'repeat indefinitely (dataset.repeat()).') from None
             mean_out = {k: float(v) for k, v in mean_out.items()}
             last_out = {k: float(v) for k, v in last_out.items()}
             seconds = time.time() - t0
