@@ -250,6 +250,25 @@ def test_controller_argument_errors(tmp_path):
                                   output_keys=('loss',))
 
 
+def test_dataset_function_input(tmp_path):
+    """A dataset function (per-replica batches, tf.distribute.InputContext) trains like a dataset of batches."""
+    def dataset_fn(context):
+        return _data().unbatch().batch(context.get_per_replica_batch_size(_BATCH))
+
+    by_function, model_a, _ = _controller(tmp_path / 'a', dataset=dataset_fn, checkpoint_train_iterator=False)
+    by_function.train(5)
+    by_dataset, model_b, _ = _controller(tmp_path / 'b')
+    by_dataset.train(5)
+    for a, b in zip(model_a.weights, model_b.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_logical_cpus_after_initialisation_is_a_clear_error():
+    tf.config.list_logical_devices()  # initialises the devices of this process
+    with pytest.raises(RuntimeError, match='before TensorFlow initialises its devices'):
+        distribution_utils.create_strategy('', 0, num_cpu_replicas=2)
+
+
 def test_one_device_strategy_by_default():
     strategy = distribution_utils.create_strategy('', 0)
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
