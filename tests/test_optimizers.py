@@ -96,6 +96,18 @@ def test_lookahead_with_sync_period_one_and_alpha_one_is_the_inner_optimizer(rng
     np.testing.assert_allclose(got[-1], want[-1], rtol=1e-6)
 
 
+def test_lookahead_variables_include_the_inner_optimizer_once():
+    var = keras.Variable(np.zeros(3, np.float32))
+    look = optimizer_builder.Lookahead(optimizer_builder.RAdam(0.01))
+    look.build([var])
+    names = sorted(v.name for v in look.variables)
+    # Two step counters (shared, and the inner's unused one), two learning rates, slow weights, moments and
+    # velocities, each once.
+    assert len(look.variables) == len({id(v) for v in look.variables}) == 7
+    assert look.optimizer.iterations is look.iterations
+    assert sum('slow' in n for n in names) == 1 and sum('velocity' in n for n in names) == 1
+
+
 def test_optimizer_config_round_trips():
     radam = optimizer_builder.RAdam(0.01, beta_2=0.99, sma_threshold=4.0)
     again = optimizer_builder.RAdam.from_config(radam.get_config())

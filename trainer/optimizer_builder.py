@@ -138,7 +138,9 @@ class Lookahead(keras.optimizers.Optimizer):
             learning_rate = float(learning_rate.numpy())
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.optimizer = optimizer
-        self.optimizer._iterations = self._iterations
+        # One step counter for both, so that the inner optimizer's bias corrections and schedule see the steps.
+        # (Its own counter stays tracked, unused: untracking it would make its variable list unsaveable.)
+        optimizer._iterations = self._iterations
         self.sync_period = sync_period
         self.slow_step_size = slow_step_size
 
@@ -148,6 +150,13 @@ class Lookahead(keras.optimizers.Optimizer):
         super().build(var_list)
         self.optimizer.build(var_list)
         self._slow_weights = self.add_optimizer_variables(var_list, 'slow')
+
+    @property
+    def variables(self):
+        """Own variables (step, slow weights) then the inner optimizer's, each once (Keras saving uses this)."""
+        own = self._variables[:]
+        ids = {id(v) for v in own}
+        return own + [v for v in self.optimizer.variables if id(v) not in ids]
 
     def update_step(self, gradient, variable, learning_rate):
         slow = self._slow_weights[self._get_variable_index(variable)]
