@@ -93,6 +93,11 @@ def main(argv: Sequence[str]) -> None:
     train_lib.run_experiment(config, flags.FLAGS.mode, experiment_dir, strategy)
 
 
-if __name__ == '__main__':
+def run() -> None:
+    """Console-script entry (`python -m trainer.train` calls the same)."""
     flags.mark_flags_as_required(['config_file', 'mode', 'model_dir'])
     app.run(main)
+
+
+if __name__ == '__main__':
+    run()
