@@ -119,8 +119,9 @@ class Controller:
                 items[common.CKPT_TRAIN_ITERATOR] = self._train_iterator
             else:
                 if checkpoint_train_iterator:
-                    logging.warning('The input pipeline position is not checkpointed under %s; a resumed run '
-                                    'restarts the training data.', type(strategy).__name__)
+                    logging.warning('The input pipeline position is not checkpointed (%s with a %s); a resumed '
+                                    'run restarts the training data.', type(strategy).__name__,
+                                    'dataset' if isinstance(train_dataset, tf.data.Dataset) else 'dataset function')
                 if isinstance(train_dataset, tf.data.Dataset):
                     distributed = strategy.experimental_distribute_dataset(train_dataset)
                 else:
