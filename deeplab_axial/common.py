@@ -57,6 +57,7 @@ CKPT_INSTANCE_LAST_LAYER = 'instance_last_layer'
 CKPT_CLASSIFICATION_HEAD = 'classification_head'
 CKPT_GLOBAL_STEP = 'global_step'
 CKPT_OPTIMIZER = 'optimizer'
+CKPT_TRAIN_ITERATOR = 'train_iterator'
 
 # === Encoder endpoints ===
 RES2 = 'res2'

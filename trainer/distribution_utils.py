@@ -1,0 +1,61 @@
+"""Chooses the tf.distribute strategy for a run (deeplab2's `trainer/distribution_utils.py`, plus multi-worker).
+
+Order (the first that applies wins):
+1. `master` set: TPUStrategy. `master` is a TPU name or `grpc://ip:port`; 'local' means the TPU attached to this
+   host (no cluster connection). The TPU system is initialised here.
+2. TF_CONFIG in the environment: MultiWorkerMirroredStrategy over the workers it lists (each worker uses all its
+   local GPUs; `num_gpus` is ignored).
+3. `num_gpus` > 1: MirroredStrategy over GPU:0..num_gpus-1.
+4. `num_gpus` == 1: OneDeviceStrategy on GPU:0.
+5. `num_cpu_replicas` > 1: MirroredStrategy over that many logical CPU devices carved out of the host CPU. This is
+   for exercising the multi-replica code paths without accelerators (tests, debugging); it must run before
+   TensorFlow initialises its devices.
+6. Otherwise OneDeviceStrategy on CPU:0.
+"""
+
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+
+def create_strategy(master: Optional[str], num_gpus: int = 0, num_cpu_replicas: int = 0) -> tf.distribute.Strategy:
+    """Creates the strategy for the flags `--master`, `--num_gpus` (see the module docstring for the order).
+
+    Raises:
+      ValueError: more GPUs requested than visible, negative counts, or a malformed TF_CONFIG.
+      RuntimeError: logical CPU devices requested after TensorFlow initialised its devices.
+    """
+    if num_gpus < 0 or num_cpu_replicas < 0:
+        raise ValueError(f'--num_gpus ({num_gpus}) and num_cpu_replicas ({num_cpu_replicas}) must be >= 0')
+    if master:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu='' if master == 'local' else master)
+        if master != 'local':
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if os.environ.get('TF_CONFIG'):
+        try:
+            json.loads(os.environ['TF_CONFIG'])
+        except json.JSONDecodeError as e:
+            raise ValueError(f'The environment variable TF_CONFIG is not valid JSON: {e}') from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if num_gpus > 0:
+        available = len(tf.config.list_physical_devices('GPU'))
+        if num_gpus > available:
+            raise ValueError(f'--num_gpus={num_gpus} but TensorFlow sees {available} GPU(s); check '
+                             'CUDA_VISIBLE_DEVICES and that the GPU build of TensorFlow is installed')
+        if num_gpus == 1:
+            return tf.distribute.OneDeviceStrategy('/device:GPU:0')
+        return tf.distribute.MirroredStrategy([f'/device:GPU:{i}' for i in range(num_gpus)])
+    if num_cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices('CPU')[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_cpu_replicas)])
+        except RuntimeError as e:
+            raise RuntimeError('Logical CPU devices must be configured before TensorFlow initialises its devices; '
+                               'call create_strategy first thing in the process') from e
+        return tf.distribute.MirroredStrategy([f'/device:CPU:{i}' for i in range(num_cpu_replicas)])
+    return tf.distribute.OneDeviceStrategy('/device:CPU:0')

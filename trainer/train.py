@@ -1,0 +1,103 @@
+r"""Trains and evaluates deeplab_axial models (deeplab2's `trainer/train.py` command line).
+
+  python -m trainer.train --config_file=configs/synthetic/axial_deeplab_tiny.textproto \
+      --mode=train_and_eval --model_dir=/tmp/runs --config_param=DATA_DIR=/tmp/synthetic
+
+Checkpoints and summaries go to model_dir/experiment_name. `${NAME}` placeholders of the config are filled from
+--config_param NAME=VALUE, then from environment variables. Strategy: --master (TPU), TF_CONFIG (multi-worker),
+--num_gpus (see trainer/distribution_utils.py).
+"""
+
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+from google.protobuf import text_format
+
+from deeplab_axial import common
+from deeplab_axial import config_utils
+from deeplab_axial.protos import config_pb2
+from trainer import distribution_utils
+from trainer import optimizer_builder
+
+_MODES = (common.MODE_TRAIN, common.MODE_EVAL, common.MODE_TRAIN_AND_EVAL, common.MODE_CONTINUOUS_EVAL)
+CONFIG_COPY_NAME = 'config.textproto'
+
+flags.DEFINE_string('config_file', None, 'Path of the ExperimentOptions textproto.')
+flags.DEFINE_enum('mode', None, list(_MODES), 'What to run.')
+flags.DEFINE_string('model_dir', None, 'Root folder; the experiment writes to model_dir/experiment_name.')
+flags.DEFINE_string('master', None, "TPU name or grpc:// address; 'local' for the host's TPU.")
+flags.DEFINE_integer('num_gpus', 0, 'GPUs to train on (MirroredStrategy when > 1).')
+flags.DEFINE_multi_string('config_param', [], 'NAME=VALUE for a ${NAME} placeholder of the config; repeatable.')
+
+
+def parse_config_params(params: Sequence[str]) -> Dict[str, str]:
+    """Turns ['NAME=VALUE', ...] into a dict; an entry without '=' is an error naming --config_param."""
+    values = {}
+    for item in params:
+        name, sep, value = item.partition('=')
+        if not sep or not name:
+            raise ValueError(f'--config_param expects NAME=VALUE. Received: {item!r}')
+        values[name] = value
+    return values
+
+
+def _write_config_copy(config: config_pb2.ExperimentOptions, experiment_dir: str) -> str:
+    """Saves the resolved config next to the checkpoints (temp name, then rename)."""
+    path = os.path.join(experiment_dir, CONFIG_COPY_NAME)
+    tmp = path + '.tmp'
+    with tf.io.gfile.GFile(tmp, 'w') as f:
+        f.write('# proto-file: deeplab_axial/protos/config.proto\n# proto-message: ExperimentOptions\n')
+        f.write(text_format.MessageToString(config))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+def prepare_experiment(config_file: str, mode: str, model_dir: str, master: Optional[str] = None, num_gpus: int = 0,
+                       config_params: Sequence[str] = ()
+                       ) -> Tuple[config_pb2.ExperimentOptions, str, tf.distribute.Strategy]:
+    """Loads and validates the config, creates the strategy and the experiment folder, sets mixed precision.
+
+    Returns:
+      (config, experiment_dir, strategy); training modes also save the resolved config to experiment_dir.
+    """
+    if mode not in _MODES:
+        raise ValueError(f'--mode must be one of {_MODES}. Received: {mode!r}')
+    config = config_utils.load_config(config_file, params=parse_config_params(config_params))
+    if not config.experiment_name:
+        raise config_utils.ConfigError(f'{config_file}: experiment_name must be set')
+    strategy = distribution_utils.create_strategy(master, num_gpus)
+    config_utils.validate(config, num_replicas=strategy.num_replicas_in_sync)
+    optimizer_builder.set_mixed_precision_policy(config.model_options.mixed_precision_policy)
+    experiment_dir = os.path.join(model_dir, config.experiment_name)
+    tf.io.gfile.makedirs(experiment_dir)
+    if mode in (common.MODE_TRAIN, common.MODE_TRAIN_AND_EVAL):
+        _write_config_copy(config, experiment_dir)
+    logging.info('Experiment %s (%s) in %s with %s x%d', config.experiment_name, mode, experiment_dir,
+                 type(strategy).__name__, strategy.num_replicas_in_sync)
+    return config, experiment_dir, strategy
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    config, experiment_dir, strategy = prepare_experiment(
+        flags.FLAGS.config_file, flags.FLAGS.mode, flags.FLAGS.model_dir, flags.FLAGS.master, flags.FLAGS.num_gpus,
+        flags.FLAGS.config_param)
+    # The task wiring (models, losses, data, evaluation) lives in train_lib; imported here so that the flag and
+    # config handling above loads without it.
+    from trainer import train_lib  # pylint: disable=g-import-not-at-top
+    train_lib.run_experiment(config, flags.FLAGS.mode, experiment_dir, strategy)
+
+
+def run() -> None:
+    """Console-script entry (`python -m trainer.train` calls the same)."""
+    flags.mark_flags_as_required(['config_file', 'mode', 'model_dir'])
+    app.run(main)
+
+
+if __name__ == '__main__':
+    run()
