@@ -4,9 +4,9 @@
         --metrics pq,ap,miou [--output_json OUT] [--num_workers N]
 
 Works for COCO and for Cityscapes panoptic GT made by cityscapesscripts (same format). Images are spread over
-forked worker processes (PNG decoding, about three quarters of the time, holds the GIL in pyspng); each image costs
-two decodes plus one table gather + bincount pass (segment_overlap). Results come back in image order, so the sums
-and the numbers do not depend on the number of workers. Any bad input stops the run with an error naming the image;
+forked worker processes, not threads: PNG decoding is about three quarters of the time and pyspng holds the GIL
+while it decodes. Each image costs two decodes plus one table gather + bincount pass (segment_overlap). Results
+come back in image order, so the sums and the numbers do not depend on the number of workers. Any bad input stops the run with an error naming the image;
 OUT is written only when everything succeeded.
 """
 
@@ -40,8 +40,14 @@ def _overlap(pair: tuple, gt_folder: str, pred_folder: str, categories: Dict[int
     return compute_overlap(name, gt_ids, gt_ann['segments_info'], pred_ids, pred_ann['segments_info'], categories)
 
 
-# What forked workers read (inherited, not pickled): (pairs, gt_folder, pred_folder, categories).
+# A worker's (pairs, gt_folder, pred_folder, categories), inherited through fork (not pickled).
 _JOB: Optional[tuple] = None
+
+
+def _init_worker(job: tuple) -> None:
+    global _JOB
+    _JOB = job
+    _keep_freed_memory()
 
 
 def _overlap_of(index: int) -> SegmentOverlap:
@@ -63,16 +69,12 @@ def _keep_freed_memory() -> None:
 def _overlaps(pairs: List[tuple], gt_folder: str, pred_folder: str, categories: Dict[int, dict],
               workers: int) -> Iterator[SegmentOverlap]:
     """Yields each pair's SegmentOverlap in order, from `workers` forked processes (in this process without fork)."""
-    global _JOB
-    _JOB = (pairs, gt_folder, pred_folder, categories)
-    try:
-        if len(pairs) <= 1 or 'fork' not in multiprocessing.get_all_start_methods():
-            yield from map(_overlap_of, range(len(pairs)))
-            return
-        with multiprocessing.get_context('fork').Pool(min(workers, len(pairs)), _keep_freed_memory) as pool:
-            yield from pool.imap(_overlap_of, range(len(pairs)), chunksize=4)
-    finally:
-        _JOB = None
+    if len(pairs) <= 1 or 'fork' not in multiprocessing.get_all_start_methods():
+        yield from (_overlap(pair, gt_folder, pred_folder, categories) for pair in pairs)
+        return
+    job = (pairs, gt_folder, pred_folder, categories)
+    with multiprocessing.get_context('fork').Pool(min(workers, len(pairs)), _init_worker, (job,)) as pool:
+        yield from pool.imap(_overlap_of, range(len(pairs)), chunksize=4)
 
 
 class _Progress:
