@@ -6,8 +6,8 @@
 Works for COCO and for Cityscapes panoptic GT made by cityscapesscripts (same format). Images are spread over
 forked worker processes, not threads: PNG decoding is about three quarters of the time and pyspng holds the GIL
 while it decodes. Each image costs two decodes plus one table gather + bincount pass (segment_overlap). Results
-come back in image order, so the sums and the numbers do not depend on the number of workers. Any bad input stops the run with an error naming the image;
-OUT is written only when everything succeeded.
+come back in image order, so the sums and the numbers do not depend on the number of workers. Any bad input stops
+the run with an error naming the image; OUT is written only when everything succeeded.
 """
 
 import argparse
@@ -74,6 +74,7 @@ def _overlaps(pairs: List[tuple], gt_folder: str, pred_folder: str, categories: 
         return
     job = (pairs, gt_folder, pred_folder, categories)
     with multiprocessing.get_context('fork').Pool(min(workers, len(pairs)), _init_worker, (job,)) as pool:
+        # A result is a few small arrays and this process only adds them up, so the queue ahead stays short.
         yield from pool.imap(_overlap_of, range(len(pairs)), chunksize=4)
 
 
