@@ -111,7 +111,7 @@ def compute_overlap(image_name: str, gt_ids: np.ndarray, gt_segments: Sequence[d
     gt_slot = _slots(gt_ids, gt_segments, image_name, 'ground truth')
     pred_slot = _slots(pred_ids, pred_segments, image_name, 'prediction')
     n_gt, n_pred = len(gt_segments) + 2, len(pred_segments) + 2
-    key = gt_slot.astype(np.uint32 if n_gt * n_pred < 2 ** 32 else np.int64)
+    key = gt_slot.astype(np.intp)  # np.bincount takes intp; any other dtype would cost one more copy
     key *= n_pred
     key += pred_slot
     counts = np.bincount(key, minlength=n_gt * n_pred).reshape(n_gt, n_pred)
