@@ -42,8 +42,10 @@ setuptools.setup(
             'platformdirs>=3',
             'tensorflow-datasets>=4.9,<5',
             'grpcio-tools>=1.85,<2',
+            'pyspng>=0.1.3,<1',
         ],
         'tfds': ['tensorflow-datasets>=4.9,<5'],
+        'eval': ['pyspng>=0.1.3,<1'],  # libspng PNG decoding: about 2.5x faster evaluation
         'bench': ['hotcoco>=1.3,<2'],
     },
 )
