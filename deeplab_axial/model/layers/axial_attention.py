@@ -134,10 +134,12 @@ class AxialAttention(keras.layers.Layer):
         bn_args = dict(momentum=bn_momentum, epsilon=bn_epsilon, synchronized=use_sync_batchnorm)
         # === Layers ===
         self.batch_norm_qkv = keras.layers.BatchNormalization(name='batch_norm_qkv', **bn_args)
+        # Statistics, scale and shift of the logits and outputs stay float32 under mixed precision.
         self.batch_norm_similarity = TermBatchNormalization(
-            len(self._similarity_terms), num_heads, name='batch_norm_similarity', **bn_args)
+            len(self._similarity_terms), num_heads, name='batch_norm_similarity', dtype='float32', **bn_args)
         self.batch_norm_retrieved_output = TermBatchNormalization(
-            len(self._retrieval_terms), total_value_depth, name='batch_norm_retrieved_output', **bn_args)
+            len(self._retrieval_terms), total_value_depth, name='batch_norm_retrieved_output', dtype='float32',
+            **bn_args)
 
     def build(self, input_shape: Sequence[Optional[int]]):
         channels = input_shape[-1]
@@ -270,7 +272,7 @@ class AxialAttention(keras.layers.Layer):
             if geometry['blocks'] * geometry['block'] > length:
                 valid = np.arange(geometry['blocks'] * geometry['block']).reshape(
                     geometry['blocks'], geometry['block']) < length
-                query_mask = tf.constant(valid.astype(np.float32)[:, :, None])
+                query_mask = tf.constant(valid.astype(np.float32)[:, :, None, None])
             for output in outputs:
                 # Channels are (head, depth): move heads next to depth, reduce over batch, blocks and queries.
                 output = tf.transpose(output, [0, 2, 3, 1, 4])
