@@ -5,8 +5,9 @@ Each entry is defaults -> variant table -> caller overrides (timm / deeplab2 sty
 use_sync_batchnorm, drop_path_keep_prob, drop_path_schedule, ...) plus `num_classes`.
 
   axial_resnet_{26_s,s,m,l,xl}       conv stem, global attention, output stride 32, 1000-way classifier (Table 1)
-  full_axial_resnet_{26_s,s,m,l,xl}  axial stem, span 15 everywhere (the stand-alone model of Table 1)
-  axial_deeplab_{s,m,l,xl}           Inception stem, span 65, output stride 16, Panoptic-DeepLab decoder (19 classes)
+  full_axial_resnet_{26_s,s,m,l,xl}  axial stem (no max-pool), span 15 everywhere (the stand-alone model of Table 1)
+  axial_deeplab_{s,m,l,xl}           Inception stem + max-pool, span 65, output stride 16, Panoptic-DeepLab decoder
+                                     (19 classes)
   axial_deeplab_tiny                 width 0.125, one block per stage: trains on a 2-core CPU in minutes
 """
 
@@ -27,13 +28,14 @@ _ENCODER_ARGS = tuple(name for name in inspect.signature(AxialResNet.__init__).p
 def _variants() -> Dict[str, dict]:
     variants = {}
     for size, (width, blocks) in _WIDTHS.items():
-        # The stem scales with the width multiplier: Table 6's M-Adds match only that way (see model_stats).
+        # The stem scales with the width multiplier and conv/Inception stems are max-pooled (ResNet, the official
+        # PyTorch Axial-ResNet): the paper's M-Adds match best that way (README, "Parameters and M-Adds").
         base = dict(width_multiplier=width, stem_width_multiplier=width, blocks_per_stage=blocks)
         variants[f'axial_resnet_{size}'] = dict(
             task='classification', num_classes=1000, encoder=dict(base, stem='conv', span=None, output_stride=32))
         variants[f'full_axial_resnet_{size}'] = dict(
             task='classification', num_classes=1000,
-            encoder=dict(base, stem='axial', span=15, stem_span=15, output_stride=32))
+            encoder=dict(base, stem='axial', stem_pool=False, span=15, stem_span=15, output_stride=32))
         if size != '26_s':
             variants[f'axial_deeplab_{size}'] = dict(
                 task='panoptic', num_classes=19, encoder=dict(base, stem='inception', span=65, output_stride=16))

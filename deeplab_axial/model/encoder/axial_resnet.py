@@ -1,14 +1,14 @@
 """Axial-ResNet encoders (Axial-DeepLab §3.2): ResNet-50-style stages of axial-attention bottleneck blocks.
 
 Stages res2..res5 hold `blocks_per_stage` AxialBlocks with attention width f = 64 * width_multiplier * 2^i (block
-output 4f); each stage's first block is strided. Three stems:
-  'conv':      7x7/2 conv + BN + ReLU + 3x3/2 max-pool (the ImageNet conv-stem models of Table 1); stage strides
-               1, 2, 2, 2.
-  'inception': 3x3/2 conv 64 -> 3x3 conv 64 -> 3x3 conv 128, each + BN + ReLU (Panoptic-DeepLab; Axial-DeepLab);
-               stage strides 2, 2, 2, 2 (deeplab2 strides res2's first block instead of max-pooling).
-  'axial':     three AxialBlocks of width 32 * stem_width_multiplier, the first with stride 2 (the full, stand-alone
-               Axial-ResNet; the paper gives no stem widths, this follows deeplab2's stride-2 axial stage).
-Stem channels scale with `stem_width_multiplier`. Output stride 16 removes res5's stride.
+output 4f); the first block of res3, res4 and res5 is strided (res5 not at output stride 16). Three stems, all at
+stride 2 and followed either by a 3x3/2 max-pool (`stem_pool`, as ResNet) or, without it, by a strided first res2
+block (deeplab2 moves the pool's stride there, so res2's first height axis runs at stride 2):
+  'conv':      7x7/2 conv 64 + BN + ReLU (the ImageNet conv-stem models of Table 1).
+  'inception': 3x3/2 conv 64 -> 3x3 conv 64 -> 3x3 conv 128, each + BN + ReLU (Panoptic-DeepLab; Axial-DeepLab).
+  'axial':     three AxialBlocks of width 32, the first with stride 2 (the full, stand-alone Axial-ResNet; the
+               paper gives no stem widths, this follows deeplab2's stride-2 axial stage).
+Stem channels scale with `stem_width_multiplier`.
 """
 
 from typing import Dict, List, Optional, Sequence
@@ -30,6 +30,7 @@ class AxialResNet(keras.layers.Layer):
 
     Args:
       stem: 'conv', 'inception' or 'axial' (see the module docstring).
+      stem_pool: a 3x3/2 max-pool after the stem; otherwise res2's first block strides.
       width_multiplier: stage width multiplier (S 0.5, M 0.75, L 1.0, XL 2.0).
       stem_width_multiplier: multiplier of the stem's channels.
       blocks_per_stage: blocks in res2..res5 ([3, 4, 6, 3] for 50 layers, [1, 2, 4, 1] for 26).
@@ -47,7 +48,8 @@ class AxialResNet(keras.layers.Layer):
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
-    def __init__(self, stem: str = 'conv', width_multiplier: float = 1.0, stem_width_multiplier: float = 1.0,
+    def __init__(self, stem: str = 'conv', stem_pool: bool = True, width_multiplier: float = 1.0,
+                 stem_width_multiplier: float = 1.0,
                  blocks_per_stage: Sequence[int] = (3, 4, 6, 3), output_stride: int = 32,
                  span: Optional[int] = None, stem_span: Optional[int] = 15, drop_path_keep_prob: float = 1.0,
                  drop_path_schedule: str = 'constant', num_heads: int = 8, block_size: int = 64,
@@ -65,6 +67,7 @@ class AxialResNet(keras.layers.Layer):
             raise ValueError('AxialResNet: `drop_path_schedule` must be "constant" or "linear". Received: '
                              f'drop_path_schedule={drop_path_schedule!r}')
         self.stem = stem
+        self.stem_pool = stem_pool
         self.width_multiplier = width_multiplier
         self.stem_width_multiplier = stem_width_multiplier
         self.blocks_per_stage = list(blocks_per_stage)
@@ -85,19 +88,18 @@ class AxialResNet(keras.layers.Layer):
         # === Layers ===
         self.stem_layers: List[keras.layers.Layer] = []
         if stem == 'conv':
-            self.stem_layers = [ConvBN(_scaled(64, stem_width_multiplier), 7, 2, name='stem_conv', **bn_args),
-                                keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_pool')]
-            first_stride = 1
+            self.stem_layers = [ConvBN(_scaled(64, stem_width_multiplier), 7, 2, name='stem_conv', **bn_args)]
         elif stem == 'inception':
             self.stem_layers = [
                 ConvBN(_scaled(64, stem_width_multiplier), 3, 2, name='stem_conv1', **bn_args),
                 ConvBN(_scaled(64, stem_width_multiplier), 3, 1, name='stem_conv2', **bn_args),
                 ConvBN(_scaled(128, stem_width_multiplier), 3, 1, name='stem_conv3', **bn_args)]
-            first_stride = 2
         else:
             self.stem_layers = [AxialBlock(_scaled(32, stem_width_multiplier), 2 if i == 0 else 1, stem_span,
                                            name=f'stem_block{i + 1}', **block_args) for i in range(3)]
-            first_stride = 2
+        if stem_pool:
+            self.stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_pool'))
+        first_stride = 1 if stem_pool else 2
         strides = [first_stride, 2, 2, 2 if output_stride == 32 else 1]
         total = sum(self.blocks_per_stage)
         self.stages: List[List[AxialBlock]] = []
@@ -111,9 +113,7 @@ class AxialResNet(keras.layers.Layer):
                     **block_args))
                 index += 1
             self.stages.append(blocks)
-        stem_stride = 4 if stem == 'conv' else 2
-        cumulative = [stem_stride * first_stride, stem_stride * first_stride * 2, stem_stride * first_stride * 4,
-                      stem_stride * first_stride * 4 * strides[3]]
+        cumulative = [4, 8, 16, 16 * strides[3]]
         self.feature_info: Dict[str, Dict[str, int]] = {
             key: dict(channels=4 * _scaled(64 * 2 ** i, width_multiplier), stride=cumulative[i])
             for i, key in enumerate(ENDPOINTS)}
@@ -145,7 +145,7 @@ class AxialResNet(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(stem=self.stem, width_multiplier=self.width_multiplier,
+        config.update(stem=self.stem, stem_pool=self.stem_pool, width_multiplier=self.width_multiplier,
                       stem_width_multiplier=self.stem_width_multiplier, blocks_per_stage=self.blocks_per_stage,
                       output_stride=self.output_stride, span=self.span, stem_span=self.stem_span,
                       drop_path_keep_prob=self.drop_path_keep_prob, drop_path_schedule=self.drop_path_schedule,
