@@ -12,7 +12,7 @@ The final 1x1 convs (bias, TruncatedNormal(0.01), float32) live in separate laye
 the decoder without them (fine-tuning to another class count).
 """
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import keras
 import tensorflow as tf
@@ -52,10 +52,20 @@ class PanopticDeepLabBranch(keras.layers.Layer):
         self._bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         # === Layers ===
         self.top_projection = ConvBN(channels, 1, name='aspp_projection', **self._bn_args)
-        self.projections = [ConvBN(c, 1, name=f'low_level_projection{i + 1}', **self._bn_args)
-                            for i, c in enumerate(self.low_level_projections)]
-        self.fusions = [DepthwiseSeparableConv(fusion_channels, 5, name=f'fusion{i + 1}', **self._bn_args)
-                        for i in range(len(self.low_level_projections))]
+        # Attributes, not lists, so that tf.train.Checkpoint tracks them by name.
+        for i, c in enumerate(self.low_level_projections):
+            setattr(self, f'low_level_projection{i + 1}', ConvBN(c, 1, name=f'low_level_projection{i + 1}',
+                                                                 **self._bn_args))
+            setattr(self, f'fusion{i + 1}', DepthwiseSeparableConv(fusion_channels, 5, name=f'fusion{i + 1}',
+                                                                   **self._bn_args))
+
+    @property
+    def projections(self) -> List[ConvBN]:
+        return [getattr(self, f'low_level_projection{i + 1}') for i in range(len(self.low_level_projections))]
+
+    @property
+    def fusions(self) -> List[DepthwiseSeparableConv]:
+        return [getattr(self, f'fusion{i + 1}') for i in range(len(self.low_level_projections))]
 
     def build(self, input_shapes: Sequence[Sequence[int]]):
         """input_shapes: the top feature's shape, then the low-level ones (res3, res2)."""

@@ -86,23 +86,23 @@ class AxialResNet(keras.layers.Layer):
         block_args = dict(num_heads=num_heads, block_size=block_size, max_span=max_span, **bn_args)
 
         # === Layers ===
-        self.stem_layers: List[keras.layers.Layer] = []
+        # Sub-layers are attributes (not lists) so that tf.train.Checkpoint tracks them by name.
         if stem == 'conv':
-            self.stem_layers = [ConvBN(_scaled(64, stem_width_multiplier), 7, 2, name='stem_conv', **bn_args)]
+            stem_layers = [ConvBN(_scaled(64, stem_width_multiplier), 7, 2, name='stem_conv', **bn_args)]
         elif stem == 'inception':
-            self.stem_layers = [
+            stem_layers = [
                 ConvBN(_scaled(64, stem_width_multiplier), 3, 2, name='stem_conv1', **bn_args),
                 ConvBN(_scaled(64, stem_width_multiplier), 3, 1, name='stem_conv2', **bn_args),
                 ConvBN(_scaled(128, stem_width_multiplier), 3, 1, name='stem_conv3', **bn_args)]
         else:
-            self.stem_layers = [AxialBlock(_scaled(32, stem_width_multiplier), 2 if i == 0 else 1, stem_span,
-                                           name=f'stem_block{i + 1}', **block_args) for i in range(3)]
+            stem_layers = [AxialBlock(_scaled(32, stem_width_multiplier), 2 if i == 0 else 1, stem_span,
+                                      name=f'stem_block{i + 1}', **block_args) for i in range(3)]
         if stem_pool:
-            self.stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_pool'))
+            stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_pool'))
         first_stride = 1 if stem_pool else 2
         strides = [first_stride, 2, 2, 2 if output_stride == 32 else 1]
         total = sum(self.blocks_per_stage)
-        self.stages: List[List[AxialBlock]] = []
+        stages = []
         index = 0
         for stage, (count, stride) in enumerate(zip(self.blocks_per_stage, strides)):
             blocks = []
@@ -112,11 +112,25 @@ class AxialResNet(keras.layers.Layer):
                     drop_path_keep_prob=self._keep_prob(index, total), name=f'{ENDPOINTS[stage]}_block{i + 1}',
                     **block_args))
                 index += 1
-            self.stages.append(blocks)
+            stages.append(blocks)
+        for layer in stem_layers + [block for blocks in stages for block in blocks]:
+            setattr(self, layer.name, layer)
+        self._stem_names = tuple(layer.name for layer in stem_layers)
+        self._stage_names = tuple(tuple(block.name for block in blocks) for blocks in stages)
         cumulative = [4, 8, 16, 16 * strides[3]]
         self.feature_info: Dict[str, Dict[str, int]] = {
             key: dict(channels=4 * _scaled(64 * 2 ** i, width_multiplier), stride=cumulative[i])
             for i, key in enumerate(ENDPOINTS)}
+
+    @property
+    def stem_layers(self) -> List[keras.layers.Layer]:
+        """The stem's layers in order."""
+        return [getattr(self, name) for name in self._stem_names]
+
+    @property
+    def stages(self) -> List[List[AxialBlock]]:
+        """The blocks of res2..res5."""
+        return [[getattr(self, name) for name in names] for names in self._stage_names]
 
     def _keep_prob(self, index: int, total: int) -> float:
         if self.drop_path_schedule == 'constant':
