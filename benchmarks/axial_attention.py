@@ -48,7 +48,6 @@ def _median_seconds(step, repeats: int) -> float:
 
 def run_case(case: str, repeats: int, measure: str) -> dict:
     """Runs one case in this process; measure 'time' (XLA, median of repeats) or 'memory' (one plain step)."""
-    import numpy as np
     import tensorflow as tf
 
     from deeplab_axial.model.layers.axial_attention import AxialAttention, AxialAttention2D

