@@ -200,3 +200,10 @@ def test_sync_batchnorm_reaches_every_batch_norm():
     norms = [layer for layer in model._flatten_layers(include_self=False)
              if isinstance(layer, keras.layers.BatchNormalization) or hasattr(layer, 'synchronized')]
     assert norms and all(layer.synchronized for layer in norms)
+
+
+def test_dynamic_image_size_is_rejected_clearly():
+    model = _built('axial_deeplab_tiny', size=(33, 33))
+    function = tf.function(lambda images: model(images))
+    with pytest.raises(ValueError, match='static shape'):
+        function.get_concrete_function(tf.TensorSpec([1, None, None, 3], tf.float32))

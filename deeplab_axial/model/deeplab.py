@@ -19,7 +19,15 @@ from deeplab_axial.model.encoder.axial_resnet import AxialResNet
 
 
 def normalize_image(images: tf.Tensor, dtype: str) -> tf.Tensor:
-    """0..255 float images -> x / 127.5 - 1 in `dtype`."""
+    """0..255 float images -> x / 127.5 - 1 in `dtype`.
+
+    Raises:
+      ValueError: height or width is not static (axial attention builds its windows from the static lengths;
+        export a fixed input size, e.g. the crop size, as deeplab2 does).
+    """
+    if images.shape.rank != 4 or images.shape[1] is None or images.shape[2] is None or images.shape[3] != 3:
+        raise ValueError('Axial models need images of static shape [batch, height, width, 3]. Received shape '
+                         f'{images.shape}')
     return tf.cast(tf.cast(images, tf.float32) / 127.5 - 1.0, dtype)
 
 
