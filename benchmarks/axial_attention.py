@@ -1,0 +1,120 @@
+"""Benchmark of the axial-attention layer: forward + backward time, GFLOP/s and peak memory.
+
+    python benchmarks/axial_attention.py [--repeats 5]
+
+Cases (float32, training mode, inside tf.function(jit_compile=True)):
+  global_56x56:   AxialAttention2D(filters=64) on [1, 56, 56, 128] (the first stage of Axial-ResNet-L at 224).
+  global_1025:    AxialAttention (1-D, Dk 64, Dv 128) on [4, 1025, 128], span None.
+  local65_1025:   the same with span 65 (blocks of 64 queries).
+
+Each case runs in its own subprocess. FLOPs = 3 x 2 x multiply-adds of the forward pass as model_stats counts them
+(executed count, i.e. including the masked pairs of local blocks; backward ~ 2 x forward).
+Peak memory is measured in a second subprocess per case that runs the same step as a plain tf.function (no XLA:
+XLA's compiler and its reused buffer pool would hide the step's own memory): the process's peak resident set size
+(ru_maxrss) after one step minus its resident size just before it, i.e. the activations, gradients and workspace of
+one forward + backward pass (plus graph tracing, a few MiB).
+The same process measures a 2048^3 float32 matmul so every GFLOP/s figure has its ceiling next to it.
+"""
+
+import argparse
+import json
+import resource
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CASES = ('global_56x56', 'global_1025', 'local65_1025')
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+
+def _median_seconds(step, repeats: int) -> float:
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def run_case(case: str, repeats: int, measure: str) -> dict:
+    """Runs one case in this process; measure 'time' (XLA, median of repeats) or 'memory' (one plain step)."""
+    import tensorflow as tf
+
+    from deeplab_axial.model.layers.axial_attention import AxialAttention, AxialAttention2D
+    from deeplab_axial.tools.model_stats import op_madds
+
+    if case == 'global_56x56':
+        layer = AxialAttention2D(64)
+        inputs = tf.random.normal([1, 56, 56, 128])
+    else:
+        layer = AxialAttention(64, 128, span=None if case == 'global_1025' else 65)
+        inputs = tf.random.normal([4, 1025, 128])
+    layer.build(inputs.shape)
+    seed = tf.random.normal(layer.compute_output_shape(inputs.shape) if case == 'global_56x56'
+                            else [4, 1025, 128])
+
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) * seed)
+        grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        return [tf.convert_to_tensor(g) for g in grads]
+
+    step = tf.function(forward_backward, jit_compile=measure == 'time')
+
+    def run():
+        return [g.numpy() for g in step(inputs)]
+
+    if measure == 'memory':
+        baseline = _rss_bytes()
+        run()
+        return dict(peak_mib=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline) / 2 ** 20)
+    forward = tf.function(lambda x: layer(x, training=True))
+    madds = sum(op_madds(op) for op in forward.get_concrete_function(inputs).graph.get_operations())
+    seconds = _median_seconds(run, repeats)
+
+    a = tf.random.normal([2048, 2048])
+    matmul = tf.function(lambda m: tf.matmul(m, m))
+    matmul_seconds = _median_seconds(lambda: matmul(a).numpy(), repeats)
+    flops = 3 * 2 * madds
+    return dict(case=case, seconds=seconds, gflops=flops / seconds / 1e9,
+                matmul_gflops=2 * 2048 ** 3 / matmul_seconds / 1e9, forward_gmadds=madds / 1e9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--repeats', type=int, default=5, help='timed repetitions per case (median reported)')
+    parser.add_argument('--case', choices=CASES, help='run one case in this process (used by the driver)')
+    parser.add_argument('--measure', choices=('time', 'memory'), default='time', help='with --case')
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.repeats, args.measure)))
+        return
+    results = {}
+    for case in CASES:
+        results[case] = {}
+        for measure in ('time', 'memory'):
+            out = subprocess.run([sys.executable, __file__, '--case', case, '--repeats', str(args.repeats),
+                                  '--measure', measure], capture_output=True, text=True, check=True)
+            results[case].update(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f'{"case":<14} {"fwd+bwd ms":>10} {"GFLOP/s":>8} {"matmul GFLOP/s":>14} {"ratio":>6} {"peak MiB":>9}')
+    for case, r in results.items():
+        print(f'{case:<14} {r["seconds"] * 1e3:>10.1f} {r["gflops"]:>8.1f} {r["matmul_gflops"]:>14.1f} '
+              f'{r["gflops"] / r["matmul_gflops"]:>6.2f} {r["peak_mib"]:>9.0f}')
+    local, dense = results['local65_1025'], results['global_1025']
+    print(f'local span 65 / global at length 1025: time {local["seconds"] / dense["seconds"]:.2f}, '
+          f'peak memory {local["peak_mib"] / dense["peak_mib"]:.2f}')
+
+
+if __name__ == '__main__':
+    main()

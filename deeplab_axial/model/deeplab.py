@@ -1,0 +1,136 @@
+"""Axial-DeepLab (Wang et al., ECCV 2020) and the Axial-ResNet ImageNet classifier as Keras 3 models.
+
+Both take float32 images [batch, height, width, 3] in 0..255 and normalise them to x / 127.5 - 1 inside.
+Axial-DeepLab = Axial-ResNet encoder (Inception stem, output stride 16, span 65) + Panoptic-DeepLab decoder and
+heads; its outputs are resized to the input size (bilinear, align_corners) and the offsets rescaled by the resize
+ratio, all float32:
+  semantic_logits [B, H, W, num_classes], center_heatmap [B, H, W], offset_map [B, H, W, 2] (dy, dx in pixels).
+"""
+
+from typing import Dict
+
+import keras
+import tensorflow as tf
+
+from deeplab_axial import common
+from deeplab_axial.model.decoder.panoptic_deeplab import (InstanceLastLayers, PanopticDeepLabDecoder,
+                                                          prediction_conv, resize_align_corners)
+from deeplab_axial.model.encoder.axial_resnet import AxialResNet
+
+
+def normalize_image(images: tf.Tensor, dtype: str) -> tf.Tensor:
+    """0..255 float images -> x / 127.5 - 1 in `dtype`.
+
+    Raises:
+      ValueError: height or width is not static (axial attention builds its windows from the static lengths;
+        export a fixed input size, e.g. the crop size, as deeplab2 does).
+    """
+    if images.shape.rank != 4 or images.shape[1] is None or images.shape[2] is None or images.shape[3] != 3:
+        raise ValueError('Axial models need images of static shape [batch, height, width, 3]. Received shape '
+                         f'{images.shape}')
+    return tf.cast(tf.cast(images, tf.float32) / 127.5 - 1.0, dtype)
+
+
+@keras.saving.register_keras_serializable(package='deeplab_axial')
+class AxialDeepLab(keras.Model):
+    """Panoptic segmentation model: encoder -> dual decoder -> semantic, center and offset predictions.
+
+    Args:
+      num_classes: semantic classes (Cityscapes 19, COCO 134 with void).
+      encoder_config: keyword arguments of `AxialResNet`.
+      bn_momentum: decoder batch-norm momentum.
+      bn_epsilon: decoder batch-norm epsilon.
+      use_sync_batchnorm: synchronise the decoder's batch statistics across replicas.
+      **kwargs: forwarded to `keras.Model`.
+    """
+
+    def __init__(self, num_classes: int, encoder_config: dict, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
+                 use_sync_batchnorm: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.encoder_config = dict(encoder_config)
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.use_sync_batchnorm = use_sync_batchnorm
+        # === Layers ===
+        self.encoder = AxialResNet(name='encoder', **self.encoder_config)
+        self.decoder = PanopticDeepLabDecoder(bn_momentum, bn_epsilon, use_sync_batchnorm, name='decoder')
+        self.semantic_last_layer = prediction_conv(num_classes, 'semantic_last_layer')
+        self.instance_last_layer = InstanceLastLayers(name='instance_last_layer')
+
+    @property
+    def checkpoint_items(self) -> Dict[str, keras.layers.Layer]:
+        """Trackables keyed by common.CKPT_*; drop the last layers to fine-tune to another class count."""
+        return {common.CKPT_ENCODER: self.encoder, common.CKPT_DECODER: self.decoder,
+                common.CKPT_SEMANTIC_LAST_LAYER: self.semantic_last_layer,
+                common.CKPT_INSTANCE_LAST_LAYER: self.instance_last_layer}
+
+    def build(self, input_shape):
+        self.encoder.build(input_shape)
+        shapes = {}
+        for key, info in self.encoder.feature_info.items():
+            shapes[key] = (input_shape[0], -(-input_shape[1] // info['stride']), -(-input_shape[2] // info['stride']),
+                           info['channels'])
+        self.decoder.build(shapes)
+        res2 = tuple(shapes[common.RES2][:-1])
+        self.semantic_last_layer.build(res2 + (256,))
+        self.instance_last_layer.build([res2 + (32,), res2 + (32,)])
+        self.built = True
+
+    def call(self, images: tf.Tensor, training: bool = False) -> Dict[str, tf.Tensor]:
+        """images: float32 [batch, height, width, 3] in 0..255 (static height and width)."""
+        size = images.shape[1:3]
+        features = self.encoder(normalize_image(images, self.compute_dtype), training=training)
+        heads = self.decoder(features, training=training)
+        semantic = self.semantic_last_layer(heads['semantic'])
+        center, offset = self.instance_last_layer(heads['center'], heads['offset'])
+        feature_size = semantic.shape[1:3]
+        # align_corners maps pixel 0 to 0 and the last to the last: distances scale by (size - 1) / (feature - 1).
+        ratio = [(s - 1) / max(f - 1, 1) for s, f in zip(size, feature_size)]
+        offset = resize_align_corners(offset, size) * tf.constant(ratio, tf.float32)
+        return {common.PRED_SEMANTIC_LOGITS_KEY: resize_align_corners(semantic, size),
+                common.PRED_CENTER_HEATMAP_KEY: tf.squeeze(resize_align_corners(center, size), -1),
+                common.PRED_OFFSET_MAP_KEY: offset}
+
+    def get_config(self) -> dict:
+        return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config,
+                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                    use_sync_batchnorm=self.use_sync_batchnorm)
+
+
+@keras.saving.register_keras_serializable(package='deeplab_axial')
+class AxialResNetClassifier(keras.Model):
+    """ImageNet classifier: encoder -> global average pool of res5 -> dense -> `logits` [batch, num_classes].
+
+    Args:
+      num_classes: output classes.
+      encoder_config: keyword arguments of `AxialResNet`.
+      **kwargs: forwarded to `keras.Model`.
+    """
+
+    def __init__(self, num_classes: int, encoder_config: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.encoder_config = dict(encoder_config)
+        # === Layers ===
+        self.encoder = AxialResNet(name='encoder', **self.encoder_config)
+        self.classification_head = keras.layers.Dense(num_classes, name='classification_head', dtype='float32')
+
+    @property
+    def checkpoint_items(self) -> Dict[str, keras.layers.Layer]:
+        """Trackables keyed by common.CKPT_*."""
+        return {common.CKPT_ENCODER: self.encoder, common.CKPT_CLASSIFICATION_HEAD: self.classification_head}
+
+    def build(self, input_shape):
+        self.encoder.build(input_shape)
+        self.classification_head.build((None, self.encoder.feature_info[common.RES5]['channels']))
+        self.built = True
+
+    def call(self, images: tf.Tensor, training: bool = False) -> Dict[str, tf.Tensor]:
+        """images: float32 [batch, height, width, 3] in 0..255 -> {'logits': [batch, num_classes]}."""
+        features = self.encoder(normalize_image(images, self.compute_dtype), training=training)
+        pooled = tf.reduce_mean(tf.cast(features[common.RES5], tf.float32), axis=[1, 2])
+        return {common.PRED_LOGITS_KEY: self.classification_head(pooled)}
+
+    def get_config(self) -> dict:
+        return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config)

@@ -1,0 +1,53 @@
+"""model_stats: multiply-adds counted from the traced graph against hand counts; the CLI's JSON."""
+
+import json
+
+import keras
+import pytest
+
+from deeplab_axial.model.layers.axial_attention import AxialAttention2D
+from deeplab_axial.tools import model_stats
+
+
+def test_convolutions_and_dense_are_counted_by_hand():
+    model = keras.Sequential([keras.layers.Conv2D(8, 3, padding='same'),
+                              keras.layers.DepthwiseConv2D(5, padding='same'),
+                              keras.layers.Conv2D(4, 3, strides=2, padding='same'),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.build((1, 9, 11, 3))
+    got = model_stats.count_madds(model, 9, 11)
+    expected = (9 * 11 * 8 * 3 * 3 * 3  # conv 3x3, 3 -> 8
+                + 9 * 11 * 8 * 5 * 5  # depthwise 5x5
+                + 5 * 6 * 4 * 3 * 3 * 8  # strided conv 3x3, 8 -> 4, output 5 x 6
+                + 5 * 6 * 4 * 10)  # dense
+    assert got == dict(madds=expected, executed_madds=expected)
+
+
+def test_attention_counts_paper_keys_and_executed_blocks():
+    f, height, width, span = 8, 9, 20, 5
+    layer = AxialAttention2D(f, span=[None, span], block_size=8)
+    layer.build((1, height, width, 3))
+    got = model_stats.count_madds(lambda images, training: layer(images, training=training), height, width)
+    key_depth, value_depth = f, 2 * f
+    per_pair = 3 * key_depth + 2 * value_depth  # three similarities, two retrievals
+    qkv = height * width * 3 * (2 * key_depth + value_depth) + height * width * value_depth * (
+        2 * key_depth + value_depth)
+    height_axis = width * height * height * per_pair  # global: m = 9 keys per query
+    paper_width_axis = height * width * span * per_pair
+    # Width 20 in 3 blocks of 8 queries (24 padded) against 8 + 4 keys each.
+    executed_width_axis = height * 3 * 8 * (8 + span - 1) * per_pair
+    assert got['madds'] == qkv + height_axis + paper_width_axis
+    assert got['executed_madds'] == qkv + height_axis + executed_width_axis
+
+
+def test_cli_prints_params_and_madds(capsys):
+    model_stats.main(['--model', 'axial_deeplab_tiny', '--input_size', '65,97', '--num_classes', '7'])
+    stats = json.loads(capsys.readouterr().out)
+    assert stats['model'] == 'axial_deeplab_tiny' and stats['num_classes'] == 7
+    assert stats['params'] == stats['trainable_params'] + stats['non_trainable_params'] > 0
+    assert 0 < stats['madds'] <= stats['executed_madds']
+
+
+def test_cli_rejects_a_bad_size():
+    with pytest.raises(SystemExit):
+        model_stats.main(['--model', 'axial_deeplab_tiny', '--input_size', '65x97'])
