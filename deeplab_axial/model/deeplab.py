@@ -7,7 +7,7 @@ ratio, all float32:
   semantic_logits [B, H, W, num_classes], center_heatmap [B, H, W], offset_map [B, H, W, 2] (dy, dx in pixels).
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import keras
 import tensorflow as tf
@@ -38,23 +38,27 @@ class AxialDeepLab(keras.Model):
     Args:
       num_classes: semantic classes (Cityscapes 19, COCO 134 with void).
       encoder_config: keyword arguments of `AxialResNet`.
+      decoder_config: keyword arguments of `PanopticDeepLabDecoder` (branch and head widths); defaults are the paper's.
       bn_momentum: decoder batch-norm momentum.
       bn_epsilon: decoder batch-norm epsilon.
       use_sync_batchnorm: synchronise the decoder's batch statistics across replicas.
       **kwargs: forwarded to `keras.Model`.
     """
 
-    def __init__(self, num_classes: int, encoder_config: dict, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 use_sync_batchnorm: bool = False, **kwargs):
+    def __init__(self, num_classes: int, encoder_config: dict, decoder_config: Optional[dict] = None,
+                 bn_momentum: float = 0.99, bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.encoder_config = dict(encoder_config)
+        self.decoder_config = dict(decoder_config or {})
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.use_sync_batchnorm = use_sync_batchnorm
         # === Layers ===
         self.encoder = AxialResNet(name='encoder', **self.encoder_config)
-        self.decoder = PanopticDeepLabDecoder(bn_momentum, bn_epsilon, use_sync_batchnorm, name='decoder')
+        self.decoder = PanopticDeepLabDecoder(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+                                              use_sync_batchnorm=use_sync_batchnorm, name='decoder',
+                                              **self.decoder_config)
         self.semantic_last_layer = prediction_conv(num_classes, 'semantic_last_layer')
         self.instance_last_layer = InstanceLastLayers(name='instance_last_layer')
 
@@ -73,8 +77,9 @@ class AxialDeepLab(keras.Model):
                            info['channels'])
         self.decoder.build(shapes)
         res2 = tuple(shapes[common.RES2][:-1])
-        self.semantic_last_layer.build(res2 + (256,))
-        self.instance_last_layer.build([res2 + (32,), res2 + (32,)])
+        self.semantic_last_layer.build(res2 + (self.decoder.semantic_head.filters,))
+        self.instance_last_layer.build([res2 + (self.decoder.center_head.filters,),
+                                        res2 + (self.decoder.offset_head.filters,)])
         self.built = True
 
     def call(self, images: tf.Tensor, training: bool = False) -> Dict[str, tf.Tensor]:
@@ -94,7 +99,7 @@ class AxialDeepLab(keras.Model):
 
     def get_config(self) -> dict:
         return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config,
-                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                    decoder_config=self.decoder_config, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                     use_sync_batchnorm=self.use_sync_batchnorm)
 
 

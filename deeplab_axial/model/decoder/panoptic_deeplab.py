@@ -97,35 +97,61 @@ class PanopticDeepLabBranch(keras.layers.Layer):
 class PanopticDeepLabDecoder(keras.layers.Layer):
     """Semantic and instance branches plus the heads' 5x5 depthwise-separable convs (not their last 1x1 convs).
 
+    The widths default to the paper's (deeplab2's `decoder` / `panoptic_deeplab` config fields in brackets).
+
     Args:
+      semantic_aspp_channels: semantic 1x1 projection of res5 [decoder.aspp_channels].
+      semantic_decoder_channels: semantic fusion convs [decoder.decoder_channels].
+      semantic_low_level_projections: res3, res2 projections [panoptic_deeplab.low_level.channels_project].
+      semantic_head_channels: semantic head's 5x5 conv [semantic_head.head_channels].
+      instance_aspp_channels: instance 1x1 projection of res5 [instance_decoder_override.aspp_channels].
+      instance_decoder_channels: instance fusion convs [instance_decoder_override.decoder_channels].
+      instance_low_level_projections: res3, res2 projections [instance.low_level_override.channels_project].
+      center_head_channels: center head's 5x5 conv [center_head.head_channels].
+      offset_head_channels: offset head's 5x5 conv [regression_head.head_channels].
       bn_momentum: batch-norm momentum.
       bn_epsilon: batch-norm epsilon.
       use_sync_batchnorm: synchronise batch statistics across replicas.
       **kwargs: forwarded to `keras.layers.Layer`.
 
-    Returns from call: {'semantic': [B, h, w, 256], 'center': [B, h, w, 32], 'offset': [B, h, w, 32]} at the
-    stride of res2.
+    Returns from call: {'semantic': [B, h, w, semantic_head_channels], 'center': [B, h, w, center_head_channels],
+    'offset': [B, h, w, offset_head_channels]} at the stride of res2.
     """
 
-    def __init__(self, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False,
-                 **kwargs):
+    def __init__(self, semantic_aspp_channels: int = 256, semantic_decoder_channels: int = 256,
+                 semantic_low_level_projections: Sequence[int] = (64, 32), semantic_head_channels: int = 256,
+                 instance_aspp_channels: int = 256, instance_decoder_channels: int = 128,
+                 instance_low_level_projections: Sequence[int] = (32, 16), center_head_channels: int = 32,
+                 offset_head_channels: int = 32, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
+                 use_sync_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self._widths = dict(
+            semantic_aspp_channels=semantic_aspp_channels, semantic_decoder_channels=semantic_decoder_channels,
+            semantic_low_level_projections=list(semantic_low_level_projections),
+            semantic_head_channels=semantic_head_channels, instance_aspp_channels=instance_aspp_channels,
+            instance_decoder_channels=instance_decoder_channels,
+            instance_low_level_projections=list(instance_low_level_projections),
+            center_head_channels=center_head_channels, offset_head_channels=offset_head_channels)
         self._bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         # === Layers ===
-        self.semantic_decoder = PanopticDeepLabBranch(256, (64, 32), 256, name='semantic_decoder', **self._bn_args)
-        self.instance_decoder = PanopticDeepLabBranch(256, (32, 16), 128, name='instance_decoder', **self._bn_args)
-        self.semantic_head = DepthwiseSeparableConv(256, 5, name='semantic_head', **self._bn_args)
-        self.center_head = DepthwiseSeparableConv(32, 5, name='center_head', **self._bn_args)
-        self.offset_head = DepthwiseSeparableConv(32, 5, name='offset_head', **self._bn_args)
+        self.semantic_decoder = PanopticDeepLabBranch(
+            semantic_aspp_channels, semantic_low_level_projections, semantic_decoder_channels,
+            name='semantic_decoder', **self._bn_args)
+        self.instance_decoder = PanopticDeepLabBranch(
+            instance_aspp_channels, instance_low_level_projections, instance_decoder_channels,
+            name='instance_decoder', **self._bn_args)
+        self.semantic_head = DepthwiseSeparableConv(semantic_head_channels, 5, name='semantic_head', **self._bn_args)
+        self.center_head = DepthwiseSeparableConv(center_head_channels, 5, name='center_head', **self._bn_args)
+        self.offset_head = DepthwiseSeparableConv(offset_head_channels, 5, name='offset_head', **self._bn_args)
 
     def build(self, input_shapes: Dict[str, Sequence[int]]):
         shapes = [input_shapes[common.RES5], input_shapes[common.RES3], input_shapes[common.RES2]]
         self.semantic_decoder.build(shapes)
         self.instance_decoder.build(shapes)
         res2 = tuple(input_shapes[common.RES2][:-1])
-        self.semantic_head.build(res2 + (256,))
-        self.center_head.build(res2 + (128,))
-        self.offset_head.build(res2 + (128,))
+        self.semantic_head.build(res2 + (self.semantic_decoder.fusion_channels,))
+        self.center_head.build(res2 + (self.instance_decoder.fusion_channels,))
+        self.offset_head.build(res2 + (self.instance_decoder.fusion_channels,))
         self.built = True
 
     def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> Dict[str, tf.Tensor]:
@@ -138,7 +164,7 @@ class PanopticDeepLabDecoder(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(self._bn_args)
+        config.update(self._widths, **self._bn_args)
         return config
 
 

@@ -1,0 +1,120 @@
+"""Builds models and post-processors from an `ExperimentOptions` config (deeplab2's `model/builder.py`).
+
+Mapping of config fields to registry overrides:
+- `backbone.name` is a registry name (`deeplab_axial.model.registry`). Width, stem width and output stride override
+  the variant only when the field is set in the config: deeplab2 always passed `backbone_width_multiplier` (default
+  1.0), which silently turned its Axial-DeepLab-S into L.
+- `backbone_layer_multiplier` scales the blocks per stage (rounded, at least 1); `axial_span: 0` is global attention.
+- The decoder widths come from `decoder`, `panoptic_deeplab.low_level`, `panoptic_deeplab.instance` and the heads.
+- Batch norm follows `trainer_options.solver_options` (sync BN, momentum, epsilon).
+"""
+
+from typing import Optional
+
+import keras
+
+from deeplab_axial import common
+from deeplab_axial.data.dataset import DatasetDescriptor
+from deeplab_axial.model import registry
+from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
+from deeplab_axial.protos import config_pb2
+
+_LOW_LEVEL_KEYS = (common.RES3, common.RES2)
+
+
+class ModelConfigError(ValueError):
+    """A model field of the config cannot be built; the message names the field."""
+
+
+def _encoder_overrides(config: config_pb2.ExperimentOptions) -> dict:
+    backbone = config.model_options.backbone
+    solver = config.trainer_options.solver_options
+    overrides = dict(num_heads=backbone.num_heads, drop_path_keep_prob=backbone.drop_path_keep_prob,
+                     drop_path_schedule=backbone.drop_path_schedule, use_sync_batchnorm=solver.use_sync_batchnorm,
+                     bn_momentum=solver.batchnorm_momentum, bn_epsilon=solver.batchnorm_epsilon)
+    if backbone.HasField('output_stride'):
+        overrides['output_stride'] = backbone.output_stride
+    if backbone.HasField('backbone_width_multiplier'):
+        overrides['width_multiplier'] = backbone.backbone_width_multiplier
+    if backbone.HasField('stem_width_multiplier'):
+        overrides['stem_width_multiplier'] = backbone.stem_width_multiplier
+    if backbone.HasField('backbone_layer_multiplier'):
+        blocks = registry.MODELS[backbone.name]['encoder']['blocks_per_stage']
+        overrides['blocks_per_stage'] = [max(1, round(b * backbone.backbone_layer_multiplier)) for b in blocks]
+    if backbone.HasField('axial_span'):
+        overrides['span'] = backbone.axial_span or None
+    return overrides
+
+
+def _projections(low_levels, field: str) -> list:
+    keys = tuple(level.feature_key for level in low_levels)
+    if keys != _LOW_LEVEL_KEYS:
+        raise ModelConfigError(f'model_options.panoptic_deeplab.{field}: feature_key must be {_LOW_LEVEL_KEYS} in '
+                               f'this order. Received: {keys}')
+    return [level.channels_project for level in low_levels]
+
+
+def _decoder_config(config: config_pb2.ExperimentOptions) -> dict:
+    options = config.model_options
+    panoptic = options.panoptic_deeplab
+    instance = panoptic.instance
+    instance_decoder = instance.instance_decoder_override if instance.HasField('instance_decoder_override') \
+        else options.decoder
+    decoder = dict(semantic_aspp_channels=options.decoder.aspp_channels,
+                   semantic_decoder_channels=options.decoder.decoder_channels,
+                   instance_aspp_channels=instance_decoder.aspp_channels,
+                   instance_decoder_channels=instance_decoder.decoder_channels)
+    if panoptic.low_level:
+        decoder['semantic_low_level_projections'] = _projections(panoptic.low_level, 'low_level')
+    if instance.low_level_override:
+        decoder['instance_low_level_projections'] = _projections(instance.low_level_override,
+                                                                 'instance.low_level_override')
+    if panoptic.semantic_head.HasField('head_channels'):
+        decoder['semantic_head_channels'] = panoptic.semantic_head.head_channels
+    if instance.center_head.HasField('head_channels'):
+        decoder['center_head_channels'] = instance.center_head.head_channels
+    if instance.regression_head.HasField('head_channels'):
+        decoder['offset_head_channels'] = instance.regression_head.head_channels
+    return decoder
+
+
+def build_model(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor) -> keras.Model:
+    """The config's model, unbuilt, with `num_classes` checked against the dataset.
+
+    Raises:
+      ModelConfigError: unknown backbone name, a class count that disagrees with the dataset, or a decoder layout
+        this model does not have.
+    """
+    options = config.model_options
+    name = options.backbone.name
+    if name not in registry.MODELS:
+        raise ModelConfigError(f'model_options.backbone.name: unknown model {name!r}. Registered names: '
+                               f'{", ".join(registry.model_names())}')
+    task = registry.model_task(name)
+    meta = options.WhichOneof('meta_architecture')
+    expected_meta = 'panoptic_deeplab' if task == common.TASK_PANOPTIC else 'classification'
+    if meta != expected_meta:
+        raise ModelConfigError(f'model_options: backbone {name!r} is a {task} model and needs the '
+                               f'{expected_meta!r} meta architecture. Received: {meta!r}')
+    if task == common.TASK_PANOPTIC:
+        num_classes = options.panoptic_deeplab.semantic_head.output_channels or descriptor.num_classes
+        field = 'model_options.panoptic_deeplab.semantic_head.output_channels'
+    else:
+        num_classes = options.classification.num_classes or descriptor.num_classes
+        field = 'model_options.classification.num_classes'
+    if num_classes != descriptor.num_classes:
+        raise ModelConfigError(f'{field} is {num_classes} but dataset {descriptor.name!r} has '
+                               f'{descriptor.num_classes} classes')
+    overrides = _encoder_overrides(config)
+    if task == common.TASK_PANOPTIC:
+        overrides['decoder_config'] = _decoder_config(config)
+    return registry.build_model(name, num_classes=num_classes, **overrides)
+
+
+def build_post_processor(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
+                         keep_k_centers: Optional[int] = None) -> PostProcessor:
+    """Panoptic-DeepLab post-processing with the evaluator's threshold, NMS kernel, top-k and stuff area."""
+    evaluator = config.evaluator_options
+    return PostProcessor.from_dataset(
+        descriptor, center_threshold=evaluator.center_score_threshold, nms_kernel=evaluator.nms_kernel,
+        keep_k_centers=keep_k_centers or evaluator.keep_k_centers, stuff_area_limit=evaluator.stuff_area_limit)
