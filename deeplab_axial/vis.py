@@ -43,6 +43,25 @@ def instance_shade(instance_id: int) -> np.ndarray:
     return (steps * (2 * _MAX_SHADE) // 255 - _MAX_SHADE).astype(np.int32)
 
 
+def _label_colors(labels: np.ndarray, descriptor: DatasetDescriptor) -> Tuple[np.ndarray, np.ndarray]:
+    """[num_labels, 3] int colour and [num_labels] validity (False on void) of each distinct panoptic label."""
+    divisor = descriptor.panoptic_label_divisor
+    colormap = np.asarray(descriptor.colormap, np.int32).reshape(-1, 3)
+    things = set(descriptor.thing_classes)
+    label_colors = np.zeros((len(labels), 3), np.int32)
+    label_valid = np.zeros(len(labels), bool)
+    for i, label in enumerate(labels.tolist()):
+        semantic, instance = divmod(label, divisor)
+        if semantic == descriptor.ignore_label or not 0 <= semantic < len(colormap):
+            continue
+        color = colormap[semantic]
+        if semantic in things:
+            color = color + instance_shade(instance)
+        label_colors[i] = np.clip(color, 0, 255)
+        label_valid[i] = True
+    return label_colors, label_valid
+
+
 def colorize_panoptic(panoptic: np.ndarray, descriptor: DatasetDescriptor) -> Tuple[np.ndarray, np.ndarray]:
     """Colours a panoptic map.
 
@@ -55,22 +74,9 @@ def colorize_panoptic(panoptic: np.ndarray, descriptor: DatasetDescriptor) -> Tu
       valid: [height, width] bool, False on void pixels.
     """
     _validate(None, panoptic)
-    divisor = descriptor.panoptic_label_divisor
-    colormap = np.asarray(descriptor.colormap, np.int32).reshape(-1, 3)
-    things = set(descriptor.thing_classes)
     labels, inverse = np.unique(panoptic, return_inverse=True)
     inverse = inverse.reshape(panoptic.shape)
-    label_colors = np.zeros((len(labels), 3), np.int32)
-    label_valid = np.zeros(len(labels), bool)
-    for i, label in enumerate(labels.tolist()):
-        semantic, instance = divmod(label, divisor)
-        if semantic == descriptor.ignore_label or not 0 <= semantic < len(colormap):
-            continue
-        color = colormap[semantic]
-        if semantic in things:
-            color = color + instance_shade(instance)
-        label_colors[i] = np.clip(color, 0, 255)
-        label_valid[i] = True
+    label_colors, label_valid = _label_colors(labels, descriptor)
     return label_colors[inverse].astype(np.uint8), label_valid[inverse]
 
 
@@ -92,10 +98,10 @@ def _label_anchor(mask: np.ndarray) -> Tuple[int, int]:
     return int(rows[nearest]), int(cols[nearest])
 
 
-def _draw_class_names(canvas: Image.Image, panoptic: np.ndarray, descriptor: DatasetDescriptor,
-                      max_labels: int, min_area_fraction: float) -> None:
-    labels, counts = np.unique(panoptic, return_counts=True)
-    min_area = min_area_fraction * panoptic.size
+def _draw_class_names(canvas: Image.Image, labels: np.ndarray, inverse: np.ndarray, counts: np.ndarray,
+                      descriptor: DatasetDescriptor, max_labels: int, min_area_fraction: float) -> None:
+    """Writes class names on the largest segments; `labels`, `inverse`, `counts` come from np.unique."""
+    min_area = min_area_fraction * inverse.size
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     drawn = 0
@@ -105,7 +111,7 @@ def _draw_class_names(canvas: Image.Image, panoptic: np.ndarray, descriptor: Dat
         semantic = int(labels[index]) // descriptor.panoptic_label_divisor
         if semantic == descriptor.ignore_label or not 0 <= semantic < len(descriptor.class_names):
             continue
-        row, col = _label_anchor(panoptic == labels[index])
+        row, col = _label_anchor(inverse == index)
         text = descriptor.class_names[semantic]
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         width, height = right - left, bottom - top
@@ -141,14 +147,16 @@ def overlay_panoptic(image: np.ndarray, panoptic: np.ndarray, descriptor: Datase
     _validate(image, panoptic)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f'`alpha` must be in [0, 1]. Received: {alpha}')
-    colors, valid = colorize_panoptic(panoptic, descriptor)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colors.astype(np.float32)
-    out = np.where(valid[..., None], np.round(blended), image).astype(np.uint8)
+    labels, inverse, counts = np.unique(panoptic, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(panoptic.shape)
+    label_colors, label_valid = _label_colors(labels, descriptor)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * label_colors[inverse].astype(np.float32)
+    out = np.where(label_valid[inverse][..., None], np.round(blended), image).astype(np.uint8)
     if draw_boundaries:
         out[segment_boundaries(panoptic)] = _BOUNDARY_COLOR
     if max_labels > 0:
         canvas = Image.fromarray(out)
-        _draw_class_names(canvas, panoptic, descriptor, max_labels, min_label_area_fraction)
+        _draw_class_names(canvas, labels, inverse, counts, descriptor, max_labels, min_label_area_fraction)
         out = np.asarray(canvas)
     return out
 

@@ -34,8 +34,9 @@ def panoptic_to_coco(panoptic: np.ndarray, descriptor: DatasetDescriptor) -> Tup
     if panoptic.ndim != 2:
         raise ValueError(f'`panoptic` must be [height, width]. Received shape: {panoptic.shape}')
     things = set(descriptor.thing_classes)
-    labels, inverse = np.unique(panoptic, return_inverse=True)
+    labels, inverse, areas = np.unique(panoptic, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(panoptic.shape)
+    bounds = _label_bounds(inverse, len(labels))
     segment_of_label = np.zeros(len(labels), np.int64)
     segments_info = []
     for i, label in enumerate(labels.tolist()):
@@ -47,15 +48,31 @@ def panoptic_to_coco(panoptic: np.ndarray, descriptor: DatasetDescriptor) -> Tup
                              f'[0, {descriptor.num_classes}) of dataset {descriptor.name!r}')
         segment_id = len(segments_info) + 1
         segment_of_label[i] = segment_id
-        rows, cols = np.nonzero(inverse == i)
+        row_min, row_max, col_min, col_max = bounds[i].tolist()
         segments_info.append({
             'id': segment_id,
             'category_id': int(descriptor.to_dataset_id(semantic)),
             'iscrowd': int(semantic in things and instance == 0),
-            'area': int(rows.size),
-            'bbox': [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1),
-                     int(rows.max() - rows.min() + 1)],
+            'area': int(areas[i]),
+            'bbox': [col_min, row_min, col_max - col_min + 1, row_max - row_min + 1],
         })
     ids = segment_of_label[inverse]
     rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
     return rgb, segments_info
+
+
+def _label_bounds(inverse: np.ndarray, num_labels: int) -> np.ndarray:
+    """[num_labels, 4] (row_min, row_max, col_min, col_max) of each label index of an [height, width] map, in one
+    pass over the pixels (a mask per label would cost num_labels passes)."""
+    height, width = inverse.shape
+    flat = inverse.ravel()
+    rows = np.repeat(np.arange(height), width)
+    cols = np.tile(np.arange(width), height)
+    bounds = np.empty((num_labels, 4), np.int64)
+    bounds[:, 0], bounds[:, 1] = height, -1
+    bounds[:, 2], bounds[:, 3] = width, -1
+    np.minimum.at(bounds[:, 0], flat, rows)
+    np.maximum.at(bounds[:, 1], flat, rows)
+    np.minimum.at(bounds[:, 2], flat, cols)
+    np.maximum.at(bounds[:, 3], flat, cols)
+    return bounds
