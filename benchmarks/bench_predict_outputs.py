@@ -1,6 +1,6 @@
 """Per-image host cost of predict's outputs on a Cityscapes-sized panoptic map (1024x2048, ~100 segments).
 
-Times the COCO panoptic conversion and the colour overlay, each against a peer in the same process: a plain numpy
+Times the COCO panoptic conversion (evaluation.coco_panoptic_format) and the colour overlay, each against a peer in the same process: a plain numpy
 alpha blend of the same size (the least any overlay costs) and PNG encoding of the segment-id image (what writing
 it costs anyway). Prints medians and ratios; the numbers depend on the machine.
 """
@@ -14,7 +14,7 @@ from PIL import Image
 
 from deeplab_axial import vis
 from deeplab_axial.data import dataset
-from deeplab_axial.inference import coco_panoptic_output
+from evaluation import coco_panoptic_format
 
 
 def _median_seconds(fn, repeats):
@@ -49,17 +49,17 @@ def main():
     panoptic = _scene(rng, args.height, args.width, descriptor)
     image = rng.integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     colours = rng.integers(0, 256, size=image.shape, dtype=np.uint8)
-    rgb, _ = coco_panoptic_output.panoptic_to_coco(panoptic, descriptor)
+    rgb = coco_panoptic_format.id2rgb(coco_panoptic_format.panoptic_to_segments(panoptic, descriptor)[0])
 
     blend = _median_seconds(lambda: np.round(0.5 * image + 0.5 * colours).astype(np.uint8), args.repeats)
     png = _median_seconds(lambda: Image.fromarray(rgb).save(io.BytesIO(), format='PNG'), args.repeats)
     overlay = _median_seconds(lambda: vis.overlay_panoptic(image, panoptic, descriptor), args.repeats)
-    coco = _median_seconds(lambda: coco_panoptic_output.panoptic_to_coco(panoptic, descriptor), args.repeats)
+    coco = _median_seconds(lambda: coco_panoptic_format.panoptic_to_segments(panoptic, descriptor), args.repeats)
     print(f'{args.height}x{args.width}, {len(np.unique(panoptic))} segments, median of {args.repeats}')
     print(f'plain alpha blend (peer)    {blend * 1e3:8.1f} ms')
     print(f'overlay_panoptic            {overlay * 1e3:8.1f} ms  ({overlay / blend:.2f}x blend)')
     print(f'segment-id PNG encode (peer){png * 1e3:8.1f} ms')
-    print(f'panoptic_to_coco            {coco * 1e3:8.1f} ms  ({coco / png:.2f}x PNG encode)')
+    print(f'panoptic_to_segments        {coco * 1e3:8.1f} ms  ({coco / png:.2f}x PNG encode)')
 
 
 if __name__ == '__main__':

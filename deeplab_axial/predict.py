@@ -19,7 +19,6 @@ import argparse
 import collections
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -28,7 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from deeplab_axial import common, vis
-from deeplab_axial.inference import coco_panoptic_output, files
+from deeplab_axial.inference import files
+from evaluation import coco_panoptic_format
 
 PANOPTIC_DIR = 'panoptic'
 OVERLAY_DIR = 'overlay'
@@ -145,12 +145,17 @@ def _size_groups(paths: Sequence[str], batch_size: int, failures: Dict[str, str]
     return [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
 
-def _write_panoptic(output_dir: str, name: str, image: np.ndarray, panoptic: np.ndarray, descriptor) -> dict:
-    rgb, segments_info = coco_panoptic_output.panoptic_to_coco(panoptic, descriptor)
-    files.save_png(os.path.join(output_dir, PANOPTIC_DIR, name + '.png'), rgb)
+def _write_panoptic(output_dir: str, name: str, image: np.ndarray, outputs: Dict[str, np.ndarray], index: int,
+                    descriptor) -> dict:
+    """Writes one image's COCO panoptic PNG and overlay; returns its annotation for the run's JSON."""
+    panoptic = outputs[common.PRED_PANOPTIC_KEY][index]
+    scores = outputs.get(common.PRED_INSTANCE_SCORES_KEY)
+    annotation = coco_panoptic_format.write_coco_panoptic(
+        panoptic, descriptor, os.path.join(output_dir, PANOPTIC_DIR, name + '.png'), image_id=name,
+        instance_scores=None if scores is None else scores[index])
     files.save_png(os.path.join(output_dir, OVERLAY_DIR, name + '.png'),
                    vis.overlay_panoptic(image, panoptic, descriptor))
-    return {'image_id': name, 'file_name': name + '.png', 'segments_info': segments_info}
+    return annotation
 
 
 def _top5_row(path: str, classes: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> list:
@@ -186,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
             outputs = runner(images)
             for i, (path, image) in enumerate(zip(readable, images)):
                 if runner.task == common.TASK_PANOPTIC:
-                    annotations.append(_write_panoptic(args.output_dir, names[path], image,
-                                                       outputs[common.PRED_PANOPTIC_KEY][i], descriptor))
+                    annotations.append(_write_panoptic(args.output_dir, names[path], image, outputs, i,
+                                                       descriptor))
                     images_info.append({'id': names[path], 'file_name': os.path.basename(path),
                                         'height': image.shape[0], 'width': image.shape[1]})
                 else:
@@ -199,9 +204,9 @@ def run(args: argparse.Namespace) -> int:
         order = {name: i for i, name in enumerate(names[p] for p in paths)}
         images_info.sort(key=lambda im: order[im['id']])
         annotations.sort(key=lambda a: order[a['image_id']])
-        result = {'images': images_info, 'annotations': annotations,
-                  'categories': coco_panoptic_output.categories(descriptor)}
-        files.save_text(os.path.join(args.output_dir, PANOPTIC_JSON), json.dumps(result))
+        coco_panoptic_format.write_panoptic_json(os.path.join(args.output_dir, PANOPTIC_JSON), annotations,
+                                                 coco_panoptic_format.categories_from_descriptor(descriptor),
+                                                 images_info)
     else:
         top5_rows.sort(key=lambda row: row[0])
         text = io.StringIO()

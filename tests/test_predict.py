@@ -21,6 +21,7 @@ from panopticapi import evaluation as panopticapi_evaluation
 from deeplab_axial import common, predict
 from deeplab_axial.data import dataset
 from deeplab_axial.inference import saved_model_runner
+from evaluation import evaluate as evaluation_evaluate
 
 # synthetic_panoptic: 0 void, things 1 disc (id 1) / 2 square (id 3), stuff 4 sky (id 92) / 5 grass (id 118).
 PANOPTIC_DESCRIPTOR = dataset.get('synthetic_panoptic')
@@ -64,8 +65,10 @@ class _ToyPanopticModel(tf.Module):
         semantic = tf.where((r >= 128) & (b < 128), 1, semantic)
         instance = tf.where((semantic == 1) | (semantic == 2), g // 64, 0)
         batch = tf.shape(images)[0]
+        scores = tf.where(instance > 0, 0.25 * tf.cast(instance, tf.float32), 0.0)
         return {common.PRED_PANOPTIC_KEY: semantic * 256 + instance, common.PRED_SEMANTIC_KEY: semantic,
-                common.PRED_INSTANCE_KEY: instance, 'served_by_batch': tf.fill([batch], from_batch)}
+                common.PRED_INSTANCE_KEY: instance, common.PRED_INSTANCE_SCORES_KEY: scores,
+                'served_by_batch': tf.fill([batch], from_batch)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def serving_default(self, image):
@@ -182,10 +185,29 @@ def test_panoptic_files_match_the_rule_and_categories(panoptic_export, image_dir
             assert segment['category_id'] == official_id[semantic]
             assert segment['iscrowd'] == int(semantic in (1, 2) and instance == 0)
             assert segment['area'] == int((segment_ids == segment_id).sum())
+            if semantic in (1, 2):  # thing segments carry the model's instance score
+                assert segment['score'] == pytest.approx(0.25 * instance)
         assert len(segments) == len(np.unique(expected[expected > 0]))  # ... and one reference label per segment
         overlay = Image.open(out / predict.OVERLAY_DIR / (ann['image_id'] + '.png'))
         assert overlay.size == (info['width'], info['height']) and overlay.mode == 'RGB'
     assert not [n for _, _, names in os.walk(out) for n in names if n.endswith('.tmp')]
+
+
+def _write_ground_truth(image_dir, names, gt_dir, categories):
+    """COCO panoptic ground truth from the numpy rule, written here (raw panoptic labels as segment ids)."""
+    gt_dir.mkdir()
+    official_id = {1: 1, 2: 3, 4: 92, 5: 118}
+    annotations = []
+    for name in names:
+        labels = reference_panoptic(np.asarray(Image.open(image_dir / f'{name}.png').convert('RGB')))
+        rgb = np.stack([labels % 256, labels // 256 % 256, labels // 65536], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(gt_dir / f'{name}.png')
+        segments = [{'id': v, 'category_id': official_id[v // 256], 'iscrowd': int(v // 256 in (1, 2) and v % 256 == 0),
+                     'area': int((labels == v).sum())} for v in np.unique(labels[labels > 0]).tolist()]
+        annotations.append({'image_id': name, 'file_name': f'{name}.png', 'segments_info': segments})
+    gt_json = gt_dir.parent / 'gt.json'
+    gt_json.write_text(json.dumps({'annotations': annotations, 'categories': categories}))
+    return str(gt_json), annotations
 
 
 def test_prediction_scores_perfectly_against_ground_truth_from_the_same_rule(panoptic_export, image_dir, tmp_path):
@@ -193,25 +215,21 @@ def test_prediction_scores_perfectly_against_ground_truth_from_the_same_rule(pan
     assert predict.main(['--saved_model', panoptic_export, '--input', str(image_dir / '*.png'),
                          '--output_dir', str(out)]) == 0
     prediction, _ = _read_back(out)
-    # Ground truth in COCO panoptic format, written here with raw panoptic labels as segment ids.
     gt_dir = tmp_path / 'gt'
-    gt_dir.mkdir()
-    official_id = {1: 1, 2: 3, 4: 92, 5: 118}
-    gt_annotations = []
-    for name in ('a', 'b', 'd'):
-        labels = reference_panoptic(np.asarray(Image.open(image_dir / f'{name}.png').convert('RGB')))
-        rgb = np.stack([labels % 256, labels // 256 % 256, labels // 65536], -1).astype(np.uint8)
-        Image.fromarray(rgb).save(gt_dir / f'{name}.png')
-        segments = [{'id': int(v), 'category_id': official_id[v // 256], 'iscrowd': int(v // 256 in (1, 2) and v % 256 == 0),
-                     'area': int((labels == v).sum())} for v in np.unique(labels[labels > 0]).tolist()]
-        gt_annotations.append({'image_id': name, 'file_name': f'{name}.png', 'segments_info': segments})
+    gt_json, gt_annotations = _write_ground_truth(image_dir, ('a', 'b', 'd'), gt_dir, prediction['categories'])
+    # The project's evaluator reads predict's files directly ...
+    results = evaluation_evaluate.evaluate(gt_json, str(gt_dir), str(out / predict.PANOPTIC_JSON),
+                                           str(out / predict.PANOPTIC_DIR), metrics=('pq', 'miou'), num_workers=1)
+    assert results['pq']['All']['pq'] == pytest.approx(1.0) and results['pq']['All']['n'] == 4
+    assert results['miou']['mIoU'] == pytest.approx(1.0)
+    # ... and so does the official panopticapi.
     categories = {c['id']: c for c in prediction['categories']}
     predictions = {a['image_id']: a for a in prediction['annotations']}
     pairs = [(gt, predictions[gt['image_id']]) for gt in gt_annotations]
     stat = panopticapi_evaluation.pq_compute_single_core(0, pairs, str(gt_dir), str(out / predict.PANOPTIC_DIR),
                                                         categories)
-    results, _ = stat.pq_average(categories, isthing=None)
-    assert results['pq'] == pytest.approx(1.0) and results['n'] == 4
+    official, _ = stat.pq_average(categories, isthing=None)
+    assert official['pq'] == pytest.approx(1.0) and official['n'] == 4
     assert all(stat[c].fp == 0 and stat[c].fn == 0 for c in (1, 3, 92, 118))
 
 
