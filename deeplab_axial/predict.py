@@ -19,6 +19,7 @@ import argparse
 import collections
 import csv
 import io
+import json
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from deeplab_axial import common, vis
+from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import files
 from evaluation import coco_panoptic_format
 
@@ -51,6 +53,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--flip', action='store_true', help='add flipped inputs (checkpoint path only)')
     parser.add_argument('--batch_size', type=int, default=8, help='images per call for same-size images')
     parser.add_argument('--overwrite', action='store_true', help='write into a non-empty --output_dir')
+    parser.add_argument('--gt_json', help='COCO panoptic ground-truth JSON whose image ids the outputs take '
+                                          '(matched on file name without extension)')
     return parser.parse_args(argv)
 
 
@@ -112,6 +116,25 @@ def _output_names(paths: Sequence[str]) -> Dict[str, str]:
     return names
 
 
+def _image_ids(names: Sequence[str], gt_json: Optional[str]) -> Dict[str, object]:
+    """Output name -> image id of the COCO JSON.
+
+    With --gt_json, a name takes the id of the ground-truth image with the same file name stem (so COCO's integer
+    ids and Cityscapes' string ids both match). Otherwise, or for names the ground truth lacks, an all-digit name
+    is an integer id (COCO names its files by zero-padded id) and any other name is its own id.
+    """
+    gt_ids = {}
+    if gt_json:
+        try:
+            with open(gt_json) as f:
+                gt_images = json.load(f)['images']
+            gt_ids = {os.path.splitext(os.path.basename(im['file_name']))[0]: im['id'] for im in gt_images}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise PredictError(f'--gt_json {gt_json!r}: expected a COCO panoptic JSON with an "images" list of '
+                               f'{{"id", "file_name"}}: {type(e).__name__}: {e}') from None
+    return {name: gt_ids.get(name, int(name) if name.isdigit() else name) for name in names}
+
+
 class _Progress:
     """One self-overwriting line on stderr: done/total and images per second."""
 
@@ -145,13 +168,13 @@ def _size_groups(paths: Sequence[str], batch_size: int, failures: Dict[str, str]
     return [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
 
-def _write_panoptic(output_dir: str, name: str, image: np.ndarray, outputs: Dict[str, np.ndarray], index: int,
-                    descriptor) -> dict:
+def _write_panoptic(output_dir: str, name: str, image_id, image: np.ndarray, outputs: Dict[str, np.ndarray],
+                    index: int, descriptor: DatasetDescriptor) -> dict:
     """Writes one image's COCO panoptic PNG and overlay; returns its annotation for the run's JSON."""
     panoptic = outputs[common.PRED_PANOPTIC_KEY][index]
     scores = outputs.get(common.PRED_INSTANCE_SCORES_KEY)
     annotation = coco_panoptic_format.write_coco_panoptic(
-        panoptic, descriptor, os.path.join(output_dir, PANOPTIC_DIR, name + '.png'), image_id=name,
+        panoptic, descriptor, os.path.join(output_dir, PANOPTIC_DIR, name + '.png'), image_id=image_id,
         instance_scores=None if scores is None else scores[index])
     files.save_png(os.path.join(output_dir, OVERLAY_DIR, name + '.png'),
                    vis.overlay_panoptic(image, panoptic, descriptor))
@@ -173,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         raise PredictError(str(e)) from None
     names = _output_names(paths)
+    image_ids = _image_ids(list(names.values()), args.gt_json)
+    order = {path: i for i, path in enumerate(paths)}
     runner = _build_runner(args)
     descriptor = runner.descriptor
     failures: Dict[str, str] = {}
@@ -191,28 +216,27 @@ def run(args: argparse.Namespace) -> int:
             outputs = runner(images)
             for i, (path, image) in enumerate(zip(readable, images)):
                 if runner.task == common.TASK_PANOPTIC:
-                    annotations.append(_write_panoptic(args.output_dir, names[path], image, outputs, i,
-                                                       descriptor))
-                    images_info.append({'id': names[path], 'file_name': os.path.basename(path),
-                                        'height': image.shape[0], 'width': image.shape[1]})
+                    image_id = image_ids[names[path]]
+                    annotations.append((order[path], _write_panoptic(
+                        args.output_dir, names[path], image_id, image, outputs, i, descriptor)))
+                    images_info.append((order[path], {'id': image_id, 'file_name': os.path.basename(path),
+                                                      'height': image.shape[0], 'width': image.shape[1]}))
                 else:
-                    top5_rows.append(_top5_row(path, outputs[common.PRED_TOP5_CLASSES_KEY][i],
-                                               outputs[common.PRED_TOP5_PROBS_KEY][i], descriptor.class_names))
+                    top5_rows.append((order[path], _top5_row(
+                        path, outputs[common.PRED_TOP5_CLASSES_KEY][i], outputs[common.PRED_TOP5_PROBS_KEY][i],
+                        descriptor.class_names)))
         progress.update(len(chunk))
     progress.close()
     if runner.task == common.TASK_PANOPTIC:
-        order = {name: i for i, name in enumerate(names[p] for p in paths)}
-        images_info.sort(key=lambda im: order[im['id']])
-        annotations.sort(key=lambda a: order[a['image_id']])
-        coco_panoptic_format.write_panoptic_json(os.path.join(args.output_dir, PANOPTIC_JSON), annotations,
+        coco_panoptic_format.write_panoptic_json(os.path.join(args.output_dir, PANOPTIC_JSON),
+                                                 [a for _, a in sorted(annotations, key=lambda x: x[0])],
                                                  coco_panoptic_format.categories_from_descriptor(descriptor),
-                                                 images_info)
+                                                 [im for _, im in sorted(images_info, key=lambda x: x[0])])
     else:
-        top5_rows.sort(key=lambda row: row[0])
         text = io.StringIO()
         writer = csv.writer(text, lineterminator='\n')
         writer.writerow(['file'] + [f'{k}_{r}' for r in range(1, 6) for k in ('class', 'name', 'prob')])
-        writer.writerows(top5_rows)
+        writer.writerows(row for _, row in sorted(top5_rows, key=lambda x: x[0]))
         files.save_text(os.path.join(args.output_dir, TOP5_CSV), text.getvalue())
     written = len(paths) - len(failures)
     print(f'Wrote predictions for {written} of {len(paths)} files to {args.output_dir}')

@@ -233,6 +233,26 @@ def test_prediction_scores_perfectly_against_ground_truth_from_the_same_rule(pan
     assert all(stat[c].fp == 0 and stat[c].fn == 0 for c in (1, 3, 92, 118))
 
 
+def test_image_ids_follow_coco_names_or_the_ground_truth_json(panoptic_export, tmp_path, rng, capsys):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for name in ('000000000042.png', 'frankfurt_000000_000294_leftImg8bit.png', 'other.png'):
+        Image.fromarray(_scene(rng, 8, 8)).save(folder / name)
+    gt_json = tmp_path / 'gt.json'
+    gt_json.write_text(json.dumps({'images': [
+        {'id': 'frankfurt_000000_000294', 'file_name': 'frankfurt_000000_000294_leftImg8bit.png'}]}))
+    out = tmp_path / 'out'
+    assert predict.main(['--saved_model', panoptic_export, '--input', str(folder), '--output_dir', str(out),
+                         '--gt_json', str(gt_json)]) == 0
+    result, _ = _read_back(out)
+    assert [a['image_id'] for a in result['annotations']] == [42, 'frankfurt_000000_000294', 'other']
+    assert [im['id'] for im in result['images']] == [42, 'frankfurt_000000_000294', 'other']
+    gt_json.write_text('{"annotations": []}')
+    assert predict.main(['--saved_model', panoptic_export, '--input', str(folder), '--output_dir', str(out),
+                         '--gt_json', str(gt_json), '--overwrite']) == 2
+    assert '--gt_json' in capsys.readouterr().err
+
+
 def test_corrupt_and_non_image_files_are_named_and_the_rest_written(panoptic_export, image_dir, tmp_path, capsys):
     (image_dir / 'garbage.png').write_bytes(b'not a png at all')
     (image_dir / 'notes.txt').write_text('hello')
