@@ -1,8 +1,10 @@
 """Per-image host cost of predict's outputs on a Cityscapes-sized panoptic map (1024x2048, ~100 segments).
 
-Times the COCO panoptic conversion (evaluation.coco_panoptic_format) and the colour overlay, each against a peer in the same process: a plain numpy
-alpha blend of the same size (the least any overlay costs) and PNG encoding of the segment-id image (what writing
-it costs anyway). Prints medians and ratios; the numbers depend on the machine.
+Times the colour overlay and the COCO panoptic conversion (evaluation.coco_panoptic_format), each against a peer
+in the same process: a plain numpy alpha blend of the same size (the least any overlay costs) and PNG encoding of
+the segment-id image (what writing it costs anyway). Prints medians and ratios; the numbers depend on the machine.
+
+    PYTHONPATH=. python benchmarks/bench_predict_outputs.py [--height 1024 --width 2048 --repeats 5]
 """
 
 import argparse

@@ -9,6 +9,9 @@ Outputs in --output_dir:
   panoptic models: panoptic/<name>.png (COCO panoptic segment-id PNG), panoptic.json (one COCO panoptic JSON for
     the run, official category ids; written last, so its presence marks a finished run), overlay/<name>.png.
   classification models: top5.csv (file, then class id, name and probability for each of the top 5).
+Image ids in the JSON: an all-digit file name is an integer id (COCO's naming); with --gt_json, each image takes
+the id of the ground-truth image with the same file name stem, so `python -m evaluation.evaluate` scores the run
+against that ground truth directly.
 
 The SavedModel path imports neither the trainer nor the model code. Its signatures are single-scale, so --scales
 and --flip need the --config_file/--checkpoint path. Files that cannot be read as JPEG/PNG are named and skipped;
@@ -62,7 +65,8 @@ def _parse_scales(text: str) -> Tuple[float, ...]:
     try:
         scales = tuple(float(s) for s in text.split(','))
     except ValueError:
-        raise PredictError(f'--scales must be comma-separated numbers such as 0.75,1,1.25. Received: {text!r}') from None
+        raise PredictError(f'--scales must be comma-separated numbers such as 0.75,1,1.25. '
+                           f'Received: {text!r}') from None
     if not all(s > 0 for s in scales):
         raise PredictError(f'--scales must be positive. Received: {text!r}')
     return scales

@@ -90,7 +90,8 @@ class SavedModelRunner:
         if not images:
             raise ValueError('`images` is empty')
         if len({im.shape for im in images}) != 1:
-            raise ValueError(f'All images of one call must share a size. Received: {sorted({im.shape for im in images})}')
+            raise ValueError('All images of one call must share a size. '
+                             f'Received: {sorted({im.shape for im in images})}')
         if len(images) > 1 and self._batch is not None:
             outputs = self._batch(images=tf.constant(np.stack(images), tf.uint8))
             return {k: v.numpy() for k, v in outputs.items()}
