@@ -10,7 +10,7 @@ from PIL import Image
 
 
 def list_inputs(path_or_glob: str) -> List[str]:
-    """The files named by a file path, a folder (its files, not recursive) or a glob pattern, sorted.
+    """The files named by a file path, a folder (its files, not recursive) or a glob pattern ("**" recurses), sorted.
 
     Every regular, non-hidden file of a folder is returned, whatever its extension, so a file that is not an image
     is reported by the reader instead of being skipped silently.
@@ -23,7 +23,7 @@ def list_inputs(path_or_glob: str) -> List[str]:
     elif os.path.isfile(path_or_glob):
         names = [path_or_glob]
     else:
-        names = glob.glob(path_or_glob)
+        names = glob.glob(path_or_glob, recursive=True)  # "**" matches nested folders.
     files = sorted(n for n in names if os.path.isfile(n))
     if not files:
         raise FileNotFoundError(f'--input {path_or_glob!r} names no file (expected a file, a folder or a glob '
