@@ -28,7 +28,9 @@ class CheckpointRunner:
     """Runs a raw model with multi-scale/flip averaging, then post-processing (panoptic) or top-5 (classification).
 
     Args:
-      predict_raw: float32 [batch, height, width, 3] images in 0..255 -> raw outputs at that size.
+      predict_raw: float32 [batch, height, width, 3] images in 0..255 -> raw outputs at that size. It owns any eval
+        preprocessing the model needs (e.g. padding to the crop size its global axial attention was built for, and
+        cropping the outputs back), because multi-scale inference calls it at several sizes.
       post_process: averaged raw outputs (`semantic_logits`, `semantic_probs`, `center_heatmap`, `offset_map`) ->
         post-processing outputs (`panoptic_pred`, ...); unused for classification.
       descriptor: the model's dataset.
