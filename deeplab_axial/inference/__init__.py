@@ -1,1 +1,1 @@
-"""Inference on the user's own images: SavedModel and checkpoint runners, file handling, COCO panoptic output."""
+"""Inference on the user's own images: SavedModel and checkpoint runners, multi-scale averaging, file handling."""
