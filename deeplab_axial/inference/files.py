@@ -1,0 +1,79 @@
+"""Input discovery, image decoding and whole-file writes for inference."""
+
+import glob
+import os
+import tempfile
+from typing import Callable, List
+
+import numpy as np
+from PIL import Image
+
+
+def list_inputs(path_or_glob: str) -> List[str]:
+    """The files named by a file path, a folder (its files, not recursive) or a glob pattern ("**" recurses), sorted.
+
+    Every regular, non-hidden file of a folder is returned, whatever its extension, so a file that is not an image
+    is reported by the reader instead of being skipped silently.
+
+    Raises:
+      FileNotFoundError naming `path_or_glob` when it matches no file.
+    """
+    if os.path.isdir(path_or_glob):
+        names = [os.path.join(path_or_glob, n) for n in os.listdir(path_or_glob) if not n.startswith('.')]
+    elif os.path.isfile(path_or_glob):
+        names = [path_or_glob]
+    else:
+        names = glob.glob(path_or_glob, recursive=True)  # "**" matches nested folders.
+    files = sorted(n for n in names if os.path.isfile(n))
+    if not files:
+        raise FileNotFoundError(f'--input {path_or_glob!r} names no file (expected a file, a folder or a glob '
+                                'such as "images/*.jpg")')
+    return files
+
+
+def image_size(path: str) -> tuple:
+    """(height, width) read from the file header, without decoding the pixels."""
+    with Image.open(path) as im:
+        if im.format not in ('JPEG', 'PNG'):
+            raise ValueError(f'{im.format} files are not supported; expected JPEG or PNG')
+        return im.height, im.width
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decodes a JPEG or PNG file to uint8 RGB [height, width, 3] (grey and RGBA are converted; EXIF rotation is
+    ignored so predictions align with annotations made on the stored pixels)."""
+    with Image.open(path) as im:
+        if im.format not in ('JPEG', 'PNG'):
+            raise ValueError(f'{im.format} files are not supported; expected JPEG or PNG')
+        return np.asarray(im.convert('RGB'))
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Calls `write(temp_path)` on a temporary file beside `path`, then renames it to `path`.
+
+    A reader never sees a partial file under the final name; on failure the temporary file is removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def save_png(path: str, array: np.ndarray) -> None:
+    """Writes a uint8 [height, width] or [height, width, 3] array as PNG, whole or not at all."""
+    write_atomically(path, lambda temp: Image.fromarray(array).save(temp, format='PNG'))
+
+
+def save_text(path: str, text: str) -> None:
+    """Writes a text file, whole or not at all."""
+    def write(temp):
+        with open(temp, 'w') as f:
+            f.write(text)
+    write_atomically(path, write)

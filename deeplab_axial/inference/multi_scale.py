@@ -1,0 +1,86 @@
+"""Multi-scale and flipped inference: averages a model's raw outputs over rescaled and mirrored inputs.
+
+Each scale s runs the model on the image resized to round(s * size); its outputs are resized back to the input size
+(bilinear) and offsets are rescaled from the scaled image's pixels to the input's. A flipped input's outputs are
+flipped back and its horizontal offsets negated. Semantic logits are averaged as probabilities (softmax, then mean),
+as deeplab2 does; the centre heatmap and offsets are plain means. Classification logits are averaged as
+probabilities too. Post-processing then runs once on the averaged outputs.
+"""
+
+from typing import Callable, Dict, Sequence
+
+import tensorflow as tf
+
+from deeplab_axial import common
+
+RawPredictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+
+
+def _resize_back(outputs: Dict[str, tf.Tensor], height: int, width: int) -> Dict[str, tf.Tensor]:
+    """Raw outputs at a scaled size -> the input size, offsets rescaled to input pixels."""
+    resized = {}
+    if common.PRED_SEMANTIC_LOGITS_KEY in outputs:
+        resized[common.PRED_SEMANTIC_LOGITS_KEY] = tf.image.resize(outputs[common.PRED_SEMANTIC_LOGITS_KEY],
+                                                                   [height, width])
+    if common.PRED_CENTER_HEATMAP_KEY in outputs:
+        resized[common.PRED_CENTER_HEATMAP_KEY] = tf.image.resize(
+            outputs[common.PRED_CENTER_HEATMAP_KEY][..., None], [height, width])[..., 0]
+    if common.PRED_OFFSET_MAP_KEY in outputs:
+        offsets = outputs[common.PRED_OFFSET_MAP_KEY]
+        scaled_size = tf.cast(tf.shape(offsets)[1:3], tf.float32)
+        ratio = tf.constant([height, width], tf.float32) / scaled_size  # (dy, dx) per input pixel.
+        resized[common.PRED_OFFSET_MAP_KEY] = tf.image.resize(offsets, [height, width]) * ratio
+    if common.PRED_LOGITS_KEY in outputs:
+        resized[common.PRED_LOGITS_KEY] = outputs[common.PRED_LOGITS_KEY]
+    return resized
+
+
+def _unflip(outputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Undoes a horizontal flip of the input: mirror the maps back and negate dx."""
+    unflipped = dict(outputs)
+    for key in (common.PRED_SEMANTIC_LOGITS_KEY, common.PRED_CENTER_HEATMAP_KEY, common.PRED_OFFSET_MAP_KEY):
+        if key in outputs:
+            unflipped[key] = tf.reverse(outputs[key], axis=[2])  # The width axis of [B, H, W] and [B, H, W, C].
+    if common.PRED_OFFSET_MAP_KEY in outputs:
+        unflipped[common.PRED_OFFSET_MAP_KEY] = unflipped[common.PRED_OFFSET_MAP_KEY] * tf.constant([1.0, -1.0])
+    return unflipped
+
+
+def multi_scale_predict(predict_raw: RawPredictor, images: tf.Tensor, scales: Sequence[float] = (1.0,),
+                        flip: bool = False) -> Dict[str, tf.Tensor]:
+    """Averages raw outputs over scales (and flips).
+
+    Args:
+      predict_raw: the model: float32 [batch, height, width, 3] images in 0..255 -> raw outputs at that size
+        (`semantic_logits`, `center_heatmap`, `offset_map` and/or classification `logits`; other keys are dropped).
+      images: float32 [batch, height, width, 3] in 0..255.
+      scales: positive input scales.
+      flip: also run every scale on the horizontally mirrored images.
+
+    Returns:
+      Averaged outputs at the input size: `semantic_probs` with `semantic_logits` = log(semantic_probs) (so a
+      post-processor reading either agrees), `center_heatmap`, `offset_map`, and classification `logits` =
+      log(mean probability).
+    """
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f'`scales` must be non-empty and positive. Received: {tuple(scales)}')
+    height, width = int(images.shape[1]), int(images.shape[2])
+    runs = []
+    for scale in scales:
+        size = [max(1, round(scale * height)), max(1, round(scale * width))]
+        scaled = images if size == [height, width] else tf.image.resize(images, size)
+        runs.append(_resize_back(predict_raw(scaled), height, width))
+        if flip:
+            runs.append(_resize_back(_unflip(predict_raw(tf.reverse(scaled, axis=[2]))), height, width))
+    averaged = {}
+    if common.PRED_SEMANTIC_LOGITS_KEY in runs[0]:
+        probs = tf.add_n([tf.nn.softmax(r[common.PRED_SEMANTIC_LOGITS_KEY]) for r in runs]) / len(runs)
+        averaged[common.PRED_SEMANTIC_PROBS_KEY] = probs
+        averaged[common.PRED_SEMANTIC_LOGITS_KEY] = tf.math.log(tf.maximum(probs, 1e-30))
+    for key in (common.PRED_CENTER_HEATMAP_KEY, common.PRED_OFFSET_MAP_KEY):
+        if key in runs[0]:
+            averaged[key] = tf.add_n([r[key] for r in runs]) / len(runs)
+    if common.PRED_LOGITS_KEY in runs[0]:
+        probs = tf.add_n([tf.nn.softmax(r[common.PRED_LOGITS_KEY]) for r in runs]) / len(runs)
+        averaged[common.PRED_LOGITS_KEY] = tf.math.log(tf.maximum(probs, 1e-30))
+    return averaged

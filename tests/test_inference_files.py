@@ -1,0 +1,52 @@
+"""Tests of inference file handling: input discovery, decoding to RGB, whole-file writes."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_axial.inference import files
+
+
+def test_list_inputs_file_folder_and_globs(tmp_path):
+    (tmp_path / 'sub').mkdir()
+    for name in ('b.png', 'a.jpg', '.hidden.png', 'sub/c.png'):
+        (tmp_path / name).write_bytes(b'x')
+    assert files.list_inputs(str(tmp_path)) == [str(tmp_path / 'a.jpg'), str(tmp_path / 'b.png')]
+    assert files.list_inputs(str(tmp_path / 'b.png')) == [str(tmp_path / 'b.png')]
+    assert files.list_inputs(str(tmp_path / '*.png')) == [str(tmp_path / 'b.png')]
+    assert files.list_inputs(str(tmp_path / '**' / '*.png')) == [str(tmp_path / 'b.png'), str(tmp_path / 'sub/c.png')]
+    with pytest.raises(FileNotFoundError, match='--input'):
+        files.list_inputs(str(tmp_path / '*.bmp'))
+
+
+def test_read_image_gives_rgb_for_grey_and_rgba_and_rejects_other_formats(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey).save(tmp_path / 'grey.png')
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / 'rgba.png')
+    Image.fromarray(grey).save(tmp_path / 'grey.bmp')
+    out = files.read_image(str(tmp_path / 'grey.png'))
+    assert out.shape == (3, 4, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.repeat(grey[..., None], 3, -1))
+    np.testing.assert_array_equal(files.read_image(str(tmp_path / 'rgba.png'))[0, 0], (200, 0, 0))
+    assert files.image_size(str(tmp_path / 'rgba.png')) == (3, 4)
+    with pytest.raises(ValueError, match='JPEG or PNG'):
+        files.read_image(str(tmp_path / 'grey.bmp'))
+
+
+def test_write_atomically_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / 'out' / 'x.png'
+
+    def failing(temp):
+        with open(temp, 'w') as f:
+            f.write('half')
+        raise RuntimeError('disk full')
+
+    with pytest.raises(RuntimeError):
+        files.write_atomically(str(target), failing)
+    assert os.listdir(tmp_path / 'out') == []
+    files.save_png(str(target), np.zeros((2, 3, 3), np.uint8))
+    assert Image.open(target).size == (3, 2) and os.listdir(tmp_path / 'out') == ['x.png']
