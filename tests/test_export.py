@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from PIL import Image
 
 from deeplab_axial import common, config_utils, predict
 from deeplab_axial.data import input_pipeline, preprocessing
@@ -30,6 +31,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PANOPTIC_CONFIG = os.path.join(REPO_ROOT, 'configs', 'synthetic', 'axial_deeplab_tiny.textproto')
 CLASSIFICATION_CONFIG = os.path.join(REPO_ROOT, 'configs', 'synthetic', 'axial_resnet_tiny.textproto')
 CROP = (65, 65)
+pytestmark = pytest.mark.slow
 PANOPTIC_KEYS = {common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, common.PRED_INSTANCE_KEY,
                  common.PRED_INSTANCE_SCORES_KEY, common.PRED_INSTANCE_CENTER_KEY, common.PRED_SEMANTIC_PROBS_KEY,
                  common.PRED_CENTER_HEATMAP_KEY, common.PRED_OFFSET_MAP_KEY}
@@ -246,9 +248,9 @@ def test_classification_export_cli(workdir, tmp_path):
     _randomize(model, tf.constant(rng.uniform(0, 255, (4, 32, 32, 3)), tf.float32), seed=1)
     checkpoint = _save_like_the_controller(model, str(tmp_path / 'ckpt'))
     output = str(tmp_path / 'classifier')
-    result = subprocess.run([sys.executable, '-m', 'trainer.export_model', f'--experiment_option_path={CLASSIFICATION_CONFIG}',
-                             '--config_param=DATA_DIR=/unused', f'--checkpoint_path={checkpoint}',
-                             f'--output_path={output}'], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, '-m', 'trainer.export_model', f'--experiment_option_path={CLASSIFICATION_CONFIG}',
+               '--config_param=DATA_DIR=/unused', f'--checkpoint_path={checkpoint}', f'--output_path={output}']
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = tf.saved_model.load(output)
     image = rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)
@@ -269,9 +271,7 @@ def test_classification_export_cli(workdir, tmp_path):
     with open(os.path.join(output, 'assets', 'deeplab_axial.json')) as f:
         assert json.load(f)['task'] == 'classification'
     # A second export into the now non-empty folder is refused, naming the flag.
-    again = subprocess.run([sys.executable, '-m', 'trainer.export_model', f'--experiment_option_path={CLASSIFICATION_CONFIG}',
-                            '--config_param=DATA_DIR=/unused', f'--checkpoint_path={checkpoint}',
-                            f'--output_path={output}'], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and '--overwrite' in again.stderr
 
 
@@ -315,7 +315,7 @@ def test_multi_scale_flip_through_the_checkpoint_path(panoptic, runner):
     assert np.abs(single[common.PRED_SEMANTIC_PROBS_KEY] - out[common.PRED_SEMANTIC_PROBS_KEY]).max() > 1e-3
 
 
-def test_predict_cli_on_the_export_writes_files_the_evaluator_scores(panoptic_export, data, tmp_path):
+def test_predict_cli_on_the_export_writes_files_the_evaluator_scores(panoptic_export, panoptic, data, tmp_path):
     gt_json = os.path.join(data['coco'], 'annotations', 'panoptic_val2017.json')
     out = tmp_path / 'predictions'
     assert predict.main(['--saved_model', panoptic_export, '--input', os.path.join(data['coco'], 'val2017'),
@@ -327,3 +327,11 @@ def test_predict_cli_on_the_export_writes_files_the_evaluator_scores(panoptic_ex
     assert 0.0 <= results['miou']['mIoU'] <= 1.0
     with open(out / predict.PANOPTIC_JSON) as f:
         assert sorted(a['image_id'] for a in json.load(f)['annotations']) == [5, 6]
+    # The checkpoint path of the CLI writes the same panoptic PNGs.
+    from_checkpoint = tmp_path / 'from_checkpoint'
+    assert predict.main(['--config_file', panoptic['config_file'], '--checkpoint', panoptic['checkpoint'], '--input',
+                         os.path.join(data['coco'], 'val2017'), '--output_dir', str(from_checkpoint),
+                         '--gt_json', gt_json]) == 0
+    for name in os.listdir(out / predict.PANOPTIC_DIR):
+        np.testing.assert_array_equal(np.asarray(Image.open(from_checkpoint / predict.PANOPTIC_DIR / name)),
+                                      np.asarray(Image.open(out / predict.PANOPTIC_DIR / name)))
