@@ -4,8 +4,8 @@
         --metrics pq,ap,miou [--output_json OUT] [--num_workers N]
 
 Works for COCO and for Cityscapes panoptic GT made by cityscapesscripts (same format). Images are spread over
-forked worker processes, not threads: PNG decoding is about three quarters of the time and pyspng holds the GIL
-while it decodes. Each image costs two decodes plus one table gather + bincount pass (segment_overlap). Results
+forked worker processes, not threads: PNG decoding is 40% (with zlib-ng) to 70% of the time and pyspng holds the
+GIL while it decodes. Each image costs two decodes plus one table gather + bincount pass (segment_overlap). Results
 come back in image order, so the sums and the numbers do not depend on the number of workers. Any bad input stops
 the run with an error naming the image; OUT is written only when everything succeeded.
 """

@@ -69,13 +69,16 @@ def _slots(id_map: np.ndarray, segments: Sequence[dict], image_name: str, role: 
         raise ValueError(f'Image {image_name}: {role} segment ids must lie in [1, {MAX_SEGMENT_ID}); received '
                          f'{ids.min()}..{ids.max()}')
     flat = id_map.ravel()
-    if flat.size and (flat.max() >= MAX_SEGMENT_ID or (flat.dtype.kind == 'i' and flat.min() < 0)):
-        raise ValueError(f'Image {image_name}: {role} id map values must lie in [0, {MAX_SEGMENT_ID})')
+    out_of_range = ValueError(f'Image {image_name}: {role} id map values must lie in [0, {MAX_SEGMENT_ID})')
+    if flat.size and flat.dtype.kind == 'i' and flat.min() < 0:  # np.take would read negative ids from the end
+        raise out_of_range
     table = _TABLE.table
     table[VOID_ID] = 1
     table[ids] = np.arange(2, ids.size + 2, dtype=np.uint16)
     try:
-        return np.take(table, flat)
+        return np.take(table, flat)  # checks the upper bound on the way
+    except IndexError:
+        raise out_of_range from None
     finally:
         table[ids] = 0
 
@@ -111,8 +114,8 @@ def compute_overlap(image_name: str, gt_ids: np.ndarray, gt_segments: Sequence[d
     gt_slot = _slots(gt_ids, gt_segments, image_name, 'ground truth')
     pred_slot = _slots(pred_ids, pred_segments, image_name, 'prediction')
     n_gt, n_pred = len(gt_segments) + 2, len(pred_segments) + 2
-    key = gt_slot.astype(np.intp)  # np.bincount takes intp; any other dtype would cost one more copy
-    key *= n_pred
+    # np.bincount takes intp (any other dtype costs one more copy): the key is written as intp in two passes.
+    key = np.multiply(gt_slot, n_pred, dtype=np.intp)
     key += pred_slot
     counts = np.bincount(key, minlength=n_gt * n_pred).reshape(n_gt, n_pred)
     for role, id_map, segments, unknown in (('ground truth', gt_ids, gt_segments, counts[0].sum()),
