@@ -137,6 +137,16 @@ def _eval_path(panoptic, image: np.ndarray) -> dict:
     return {k: v.numpy() for k, v in restored.items()}
 
 
+def test_fit_to_input_size_traces_for_dynamic_image_sizes():
+    # The signatures trace fit_to_input_size with unknown height and width (graph-mode dtype rules).
+    fit = tf.function(lambda image: inference.fit_to_input_size(image, (9, 11)),
+                      input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    padded, resized = fit(tf.fill([18, 11, 3], tf.constant(200, tf.uint8)))
+    np.testing.assert_array_equal(resized.numpy(), [9, 5])  # scale 0.5, floor(11 * 0.5) = 5
+    np.testing.assert_allclose(padded.numpy()[:, :5], 200.0)
+    np.testing.assert_array_equal(padded.numpy()[:, 5:], 127.5)
+
+
 def test_export_writes_signatures_and_asset(panoptic_export, loaded_export, panoptic):
     assert set(loaded_export.signatures) == {'serving_default', 'serve_batch'}
     with open(os.path.join(panoptic_export, 'assets', 'deeplab_axial.json')) as f:
