@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 from PIL import Image
+from tensorflow.core.protobuf import saved_model_pb2
 
 from deeplab_axial import common, config_utils, predict
 from deeplab_axial.data import input_pipeline, preprocessing
@@ -155,6 +156,10 @@ def test_export_writes_signatures_and_asset(panoptic_export, loaded_export, pano
     assert meta['dataset']['name'] == 'synthetic_panoptic' and meta['dataset']['panoptic_label_divisor'] == 256
     assert saved_model_runner.read_export_metadata(panoptic_export)['dataset'] == panoptic['descriptor']
     assert not [name for name in os.listdir(os.path.dirname(panoptic_export)) if name.startswith('.export-')]
+    # XLA-free by default: no function of the graph asks for compilation.
+    saved = saved_model_pb2.SavedModel.FromString(open(os.path.join(panoptic_export, 'saved_model.pb'), 'rb').read())
+    functions = saved.meta_graphs[0].graph_def.library.function
+    assert functions and not [f.signature.name for f in functions if f.attr['_XlaMustCompile'].b]
 
 
 def test_export_equals_evaluation_on_the_eval_pipeline_sample(loaded_export, panoptic, eval_samples):
