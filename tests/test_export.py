@@ -285,9 +285,17 @@ def test_classification_export_cli(workdir, tmp_path):
                                atol=1e-5)
     with open(os.path.join(output, 'assets', 'deeplab_axial.json')) as f:
         assert json.load(f)['task'] == 'classification'
-    # A second export into the now non-empty folder is refused, naming the flag.
-    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and '--overwrite' in again.stderr
+    # The folder is now taken: a second export is refused, and --overwrite replaces the whole folder.
+    with pytest.raises(export_model.ExportError, match='--overwrite'):
+        export_model.export(config, checkpoint, output)
+    (tmp_path / 'classifier' / 'stale.txt').write_text('old')
+    again = subprocess.run(command + ['--overwrite'], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (tmp_path / 'classifier' / 'stale.txt').exists()
+    assert (tmp_path / 'classifier' / 'saved_model.pb').exists()
+    assert export_model.parse_config_params(['A=1', 'B=x=y']) == {'A': '1', 'B': 'x=y'}
+    with pytest.raises(export_model.ExportError, match='--config_param expects NAME=VALUE'):
+        export_model.parse_config_params(['NO_EQUALS_SIGN'])
 
 
 # === Checkpoint inference (deeplab_axial.inference.checkpoint_runner) ===

@@ -30,16 +30,6 @@ from deeplab_axial.inference import model_loader
 from deeplab_axial.inference import saved_model_runner
 from deeplab_axial.protos import config_pb2
 
-flags.DEFINE_string('experiment_option_path', None, 'Path of the ExperimentOptions textproto the model was trained '
-                                                    'with.')
-flags.DEFINE_string('checkpoint_path', None, 'Checkpoint prefix (model_dir/ckpt-N) or a directory (newest '
-                                             'checkpoint).')
-flags.DEFINE_string('output_path', None, 'SavedModel directory to write.')
-flags.DEFINE_multi_string('config_param', [], 'NAME=VALUE for a ${NAME} placeholder of the config; repeatable.')
-flags.DEFINE_bool('overwrite', False, 'Replace an existing non-empty --output_path.')
-flags.DEFINE_bool('jit_compile', False, 'Compile the model and post-processing with XLA inside the SavedModel.')
-
-
 class ExportError(Exception):
     """A problem with the flags, config, checkpoint or output path, reported without a traceback."""
 
@@ -125,8 +115,20 @@ def main(argv: Sequence[str]) -> Optional[int]:
     return 0
 
 
+def _define_flags() -> None:
+    """The command line's flags; defined only when run as a program, so that `export` imports without them (the
+    trainer defines flags of the same names)."""
+    flags.DEFINE_string('experiment_option_path', None, 'ExperimentOptions textproto the model was trained with.')
+    flags.DEFINE_string('checkpoint_path', None, 'Checkpoint prefix (model_dir/ckpt-N), or a directory: its newest.')
+    flags.DEFINE_string('output_path', None, 'SavedModel directory to write.')
+    flags.DEFINE_multi_string('config_param', [], 'NAME=VALUE for a ${NAME} placeholder of the config; repeatable.')
+    flags.DEFINE_bool('overwrite', False, 'Replace an existing non-empty --output_path.')
+    flags.DEFINE_bool('jit_compile', False, 'Compile the model and post-processing with XLA inside the SavedModel.')
+
+
 def run() -> None:
     """Console-script entry (`python -m trainer.export_model` calls the same)."""
+    _define_flags()
     flags.mark_flags_as_required(['experiment_option_path', 'checkpoint_path', 'output_path'])
     app.run(main)
 

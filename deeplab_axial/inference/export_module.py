@@ -15,7 +15,7 @@ The modules track the model's variables, not the Keras objects: the SavedModel t
 the weights only, which makes saving and loading several times faster.
 """
 
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -37,8 +37,7 @@ def _inference_call(model: keras.Model) -> Callable[[tf.Tensor], Dict[str, tf.Te
     """`model(images, training=False)` as a plain function (a module attribute holding it is not tracked)."""
 
     def call(images: tf.Tensor, training: bool = False) -> Dict[str, tf.Tensor]:
-        del training  # Inference only.
-        return model(images, training=False)
+        return model(images, training=training)
 
     return call
 
@@ -88,7 +87,7 @@ class PanopticExportModule(tf.Module):
         predictions = inference.panoptic_predictions(self._model, self._post_processor, padded)
         return {key: predictions[key] for key in PANOPTIC_OUTPUT_KEYS}
 
-    def _fit(self, image: tf.Tensor):
+    def _fit(self, image: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         return inference.fit_to_input_size(image, self._input_size, **dict(self._resize_options))
 
     def predict(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
