@@ -95,7 +95,7 @@ def _build_runner(args: argparse.Namespace):
     from deeplab_axial.inference import checkpoint_runner
     try:
         return checkpoint_runner.build_runner(args.config_file, args.checkpoint, scales, args.flip)
-    except (FileNotFoundError, NotImplementedError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a bad config field or checkpoint, named.
         raise PredictError(str(e)) from None
 
 

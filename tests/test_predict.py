@@ -293,7 +293,7 @@ def test_bad_flags_name_the_flag(panoptic_export, image_dir, tmp_path, capsys, f
     assert message in capsys.readouterr().err
 
 
-def test_missing_input_and_unconnected_checkpoint_path_are_clear_errors(image_dir, tmp_path, capsys):
+def test_missing_input_and_a_bad_config_are_clear_errors(image_dir, tmp_path, capsys):
     assert predict.main(['--saved_model', str(tmp_path), '--input', str(tmp_path / 'none*.png'),
                          '--output_dir', str(tmp_path / 'o')]) == 2
     assert 'names no file' in capsys.readouterr().err
@@ -302,7 +302,7 @@ def test_missing_input_and_unconnected_checkpoint_path_are_clear_errors(image_di
     (tmp_path / 'ckpt.index').write_text('')
     assert predict.main(['--config_file', str(config), '--checkpoint', str(tmp_path / 'ckpt'), '--input',
                          str(image_dir), '--output_dir', str(tmp_path / 'o')]) == 2
-    assert '--saved_model' in capsys.readouterr().err
+    assert 'model_options: meta-architecture' in capsys.readouterr().err
 
 
 def test_classification_top5_csv(classification_export, image_dir, tmp_path):

@@ -5,21 +5,25 @@ images to prediction arrays with a batch dimension (the SavedModel contract's ke
 `model_name`, `descriptor` and `supports_batches` (as saved_model_runner.SavedModelRunner does). Unlike the
 SavedModel path, this one holds the raw model, so it is where multi-scale and flipped inference live.
 
-`CheckpointRunner` is complete given two callables: the model's raw prediction at the input size and the
-post-processor. `build_runner` makes those from a config and a checkpoint; that needs the trainer's model building
-(config parsing, model and post-processor construction, checkpoint restore with eval preprocessing), which this
-module does not have yet, so it says so instead of guessing.
+`CheckpointRunner` is complete given two callables: the model's raw prediction at any size and the post-processor.
+`build_runner` makes those from a config and a checkpoint (deeplab_axial.inference.model_loader). A panoptic runner
+built there follows the evaluator's path (deeplab_axial.model.inference): each image is fitted into the model's
+input size, multi-scale/flip averaging and post-processing run at that size, and the predictions are restored to
+the image size, so at scale 1 without flip it gives the SavedModel's and the evaluator's panoptic maps.
 """
 
 import os
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from deeplab_axial import common
+from deeplab_axial.data import preprocessing
 from deeplab_axial.data.dataset import DatasetDescriptor
+from deeplab_axial.inference import model_loader
 from deeplab_axial.inference import multi_scale
+from deeplab_axial.model import inference
 
 PostProcessor = Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
 
@@ -38,13 +42,18 @@ class CheckpointRunner:
       model_name: registry name of the model.
       scales: input scales to average over.
       flip: also average horizontally flipped inputs.
+      input_size: panoptic only: (height, width) to fit every image into first (`fit_to_input_size`); averaging
+        and post-processing then run at that size and the predictions are restored to the image size. None runs
+        them at the image size.
+      resize_options: `fit_to_input_size` resize-to-range keywords (the eval dataset's), with `input_size`.
     """
 
     supports_batches = True
 
     def __init__(self, predict_raw: multi_scale.RawPredictor, post_process: PostProcessor,
                  descriptor: DatasetDescriptor, task: str, model_name: str, scales: Sequence[float] = (1.0,),
-                 flip: bool = False):
+                 flip: bool = False, input_size: Optional[Sequence[int]] = None,
+                 resize_options: Optional[Mapping[str, int]] = None):
         if task not in (common.TASK_PANOPTIC, common.TASK_CLASSIFICATION):
             raise ValueError(f'`task` must be "{common.TASK_PANOPTIC}" or "{common.TASK_CLASSIFICATION}". '
                              f'Received: {task!r}')
@@ -55,10 +64,25 @@ class CheckpointRunner:
         self.model_name = model_name
         self.scales = tuple(scales)
         self.flip = flip
+        self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
+        self.resize_options = dict(resize_options or {})
+
+    def _predict_fitted(self, batch: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The evaluator's path: fit to the input size, average and post-process there, restore the image size."""
+        fitted = [inference.fit_to_input_size(image, self.input_size, **self.resize_options) for image in batch]
+        raw = multi_scale.multi_scale_predict(self._predict_raw, tf.stack([padded for padded, _ in fitted]),
+                                              self.scales, self.flip)
+        predictions = self._post_process(raw)
+        image_size = tf.shape(batch)[1:3]
+        restored = [inference.restore_to_image_size({k: v[i] for k, v in predictions.items()}, resized, image_size)
+                    for i, (_, resized) in enumerate(fitted)]
+        return {k: tf.stack([r[k] for r in restored]) for k in restored[0]}
 
     def __call__(self, images: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         """Predicts on uint8 [height, width, 3] images of one size; returns arrays with a batch dimension."""
         batch = tf.constant(np.stack(images), tf.float32)
+        if self.task == common.TASK_PANOPTIC and self.input_size is not None:
+            return {k: v.numpy() for k, v in self._predict_fitted(batch).items()}
         raw = multi_scale.multi_scale_predict(self._predict_raw, batch, self.scales, self.flip)
         if self.task == common.TASK_CLASSIFICATION:
             probs = tf.nn.softmax(raw[common.PRED_LOGITS_KEY])
@@ -72,25 +96,62 @@ class CheckpointRunner:
         return {k: v.numpy() for k, v in outputs.items()}
 
 
+def _panoptic_predict_raw(model: Callable, input_size: Tuple[int, int]) -> multi_scale.RawPredictor:
+    """Raw outputs at any image size from a model with a static input size.
+
+    Images of the input size go straight in; others are fitted (down-scaled if larger, padded with 127.5), run,
+    and the outputs cropped to the valid region and resized back, offsets rescaled.
+    """
+
+    def predict_raw(images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        size = tuple(int(s) for s in images.shape[1:3])
+        if size == input_size:
+            return model(images)
+        fitted = [inference.fit_to_input_size(image, input_size) for image in images]
+        outputs = model(tf.stack([padded for padded, _ in fitted]))
+        resized_height, resized_width = (int(s) for s in fitted[0][1])  # One size per batch.
+        cropped = {k: v[:, :resized_height, :resized_width] for k, v in outputs.items()}
+        return multi_scale.resize_back(cropped, *size)
+
+    return predict_raw
+
+
+def _classification_predict_raw(model: Callable, input_size: Tuple[int, int]) -> multi_scale.RawPredictor:
+    """Logits of images of any size after the eval pipeline's resize and centre crop."""
+
+    def predict_raw(images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return model(tf.stack([preprocessing.classification_eval(image, input_size) for image in images]))
+
+    return predict_raw
+
+
 def build_runner(config_file: str, checkpoint: str, scales: Sequence[float] = (1.0,),
                  flip: bool = False) -> CheckpointRunner:
     """Builds a runner from a textproto config and a checkpoint.
 
+    The model is built at eval_dataset_options.crop_size and restored from the trainer's checkpoint layout;
+    post-processing takes evaluator_options.
+
     Args:
-      config_file: experiment config (textproto).
-      checkpoint: checkpoint prefix or directory.
+      config_file: experiment config (textproto); unfilled data-path placeholders are fine.
+      checkpoint: checkpoint prefix or directory (newest checkpoint).
       scales: input scales whose raw outputs are averaged before post-processing.
       flip: also average horizontally flipped inputs.
 
     Raises:
-      FileNotFoundError naming a missing config or checkpoint; NotImplementedError while the trainer's model
-      building is not connected to inference.
+      FileNotFoundError naming a missing config or checkpoint; ValueError (config_utils.ConfigError,
+      builder.ModelConfigError, model_loader.CheckpointError) naming the bad field or checkpoint.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f'--config_file {config_file!r} does not exist')
     if not (os.path.exists(checkpoint) or os.path.exists(checkpoint + '.index')):
         raise FileNotFoundError(f'--checkpoint {checkpoint!r} does not exist (expected a checkpoint prefix with '
                                 'a .index file, or a directory)')
-    raise NotImplementedError(
-        'Inference from --config_file/--checkpoint needs the trainer\'s model building, which this installation '
-        'does not connect yet. Export a SavedModel with the trainer and pass --saved_model instead.')
+    loaded = model_loader.load_model(model_loader.load_config(config_file), checkpoint)
+    call = tf.function(lambda images: loaded.model(images, training=False))
+    if loaded.task == common.TASK_PANOPTIC:
+        return CheckpointRunner(_panoptic_predict_raw(call, loaded.input_size), loaded.post_processor,
+                                loaded.descriptor, loaded.task, loaded.model_name, scales, flip,
+                                input_size=loaded.input_size, resize_options=loaded.resize_options)
+    return CheckpointRunner(_classification_predict_raw(call, loaded.input_size), None, loaded.descriptor,
+                            loaded.task, loaded.model_name, scales, flip)

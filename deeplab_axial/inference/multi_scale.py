@@ -16,8 +16,8 @@ from deeplab_axial import common
 RawPredictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
 
-def _resize_back(outputs: Dict[str, tf.Tensor], height: int, width: int) -> Dict[str, tf.Tensor]:
-    """Raw outputs at a scaled size -> the input size, offsets rescaled to input pixels."""
+def resize_back(outputs: Dict[str, tf.Tensor], height: int, width: int) -> Dict[str, tf.Tensor]:
+    """Raw outputs at another size -> [height, width] (bilinear), offsets rescaled to the new size's pixels."""
     resized = {}
     if common.PRED_SEMANTIC_LOGITS_KEY in outputs:
         resized[common.PRED_SEMANTIC_LOGITS_KEY] = tf.image.resize(outputs[common.PRED_SEMANTIC_LOGITS_KEY],
@@ -69,9 +69,9 @@ def multi_scale_predict(predict_raw: RawPredictor, images: tf.Tensor, scales: Se
     for scale in scales:
         size = [max(1, round(scale * height)), max(1, round(scale * width))]
         scaled = images if size == [height, width] else tf.image.resize(images, size)
-        runs.append(_resize_back(predict_raw(scaled), height, width))
+        runs.append(resize_back(predict_raw(scaled), height, width))
         if flip:
-            runs.append(_resize_back(_unflip(predict_raw(tf.reverse(scaled, axis=[2]))), height, width))
+            runs.append(resize_back(_unflip(predict_raw(tf.reverse(scaled, axis=[2]))), height, width))
     averaged = {}
     if common.PRED_SEMANTIC_LOGITS_KEY in runs[0]:
         probs = tf.add_n([tf.nn.softmax(r[common.PRED_SEMANTIC_LOGITS_KEY]) for r in runs]) / len(runs)

@@ -44,7 +44,8 @@ def fit_to_input_size(image: tf.Tensor, input_size: Sequence[int], min_resize_va
     image = tf.cast(image, tf.float32)
     image, _ = preprocessing.resize_to_range(image, None, min_resize_value, max_resize_value, resize_factor)
     size = tf.shape(image)[:2]
-    scale = tf.minimum(1.0, tf.minimum(height / tf.cast(size[0], tf.float64), width / tf.cast(size[1], tf.float64)))
+    scale = tf.minimum(tf.constant(1.0, tf.float64),
+                       tf.minimum(height / tf.cast(size[0], tf.float64), width / tf.cast(size[1], tf.float64)))
     fitted = tf.minimum(tf.maximum(tf.cast(tf.floor(tf.cast(size, tf.float64) * scale), tf.int32), 1),
                         tf.constant([height, width]))
     image = tf.cond(tf.reduce_all(tf.equal(fitted, size)), lambda: image,
