@@ -110,6 +110,7 @@ def _layer_and_input(rng, length=11, channels=6, **kwargs):
     dict(span=5, block_size=4),  # 3 blocks, the last one padded
     dict(span=3, block_size=11),
     dict(span=21),  # span >= length: global
+    dict(span=1, block_size=4),  # each query attends to itself only
     dict(span=None, use_query_rpe_similarity=False, retrieve_value_rpe=False),
     dict(span=5, block_size=3, use_content_similarity=False, use_key_rpe_similarity=False),
 ])
