@@ -1,11 +1,10 @@
 """Gram-matrix batch-norm moments of the attention logits against direct reductions over the valid pairs."""
 
-import keras
 import numpy as np
 import pytest
 
 from deeplab_axial.model.layers.attention_moments import content_moments, relative_moments
-from deeplab_axial.model.layers.axial_attention import AxialAttention, _window
+from deeplab_axial.model.layers.axial_attention import _window
 
 
 def _direct_moments(logits, valid):
@@ -53,22 +52,3 @@ def test_relative_moments_match_direct_reduction(rng, length, span, block_size, 
     got = relative_moments(x, table, geometry['count_rows'], geometry[f'{term}_counts'], geometry['pairs'])
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g.numpy(), e, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize('synchronized', [False, True])
-def test_folded_qkv_batch_norm_updates_like_keras(rng, synchronized):
-    layer = AxialAttention(16, 24, span=5, block_size=4, bn_momentum=0.7, use_sync_batchnorm=synchronized)
-    x = rng.normal(0.5, 2.0, (3, 11, 6)).astype(np.float32)
-    layer.build(x.shape)
-    reference = keras.layers.BatchNormalization(momentum=0.7, epsilon=1e-3)
-    reference.build((None, None, 56))
-    start = [rng.normal(0, 0.3, 56).astype(np.float32), rng.uniform(0.5, 2.0, 56).astype(np.float32)]
-    for norm in (layer.batch_norm_qkv, reference):
-        norm.moving_mean.assign(start[0])
-        norm.moving_variance.assign(start[1])
-    layer(x, training=True)
-    reference(x @ layer.qkv_kernel.numpy(), training=True)
-    np.testing.assert_allclose(layer.batch_norm_qkv.moving_mean.numpy(), reference.moving_mean.numpy(),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer.batch_norm_qkv.moving_variance.numpy(), reference.moving_variance.numpy(),
-                               rtol=1e-5, atol=1e-6)

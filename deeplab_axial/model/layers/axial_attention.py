@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_axial.model.layers.attention_moments import content_moments, relative_counts, relative_moments
-from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization, masked_moments, replica_mean
+from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization, masked_moments
 
 # Relative distances beyond +-(MAX_SPAN - 1) share the last row of the table (deeplab2 clips the same way).
 MAX_SPAN = 255
@@ -227,7 +227,8 @@ class AxialAttention(keras.layers.Layer):
         heads = self.num_heads
         value_depth = self.total_value_depth // heads
 
-        qkv = self._project(inputs, training)
+        qkv = tf.einsum('nlc,cd->nld', inputs, tf.cast(self.qkv_kernel, inputs.dtype))
+        qkv = tf.cast(self.batch_norm_qkv(qkv, training=training), self.compute_dtype)
         batch = tf.shape(qkv)[0]
         query, key, value = self._split_heads(qkv, batch, length)
         # Moments of the positional (and global content) logits from the unblocked queries and keys.
@@ -244,37 +245,6 @@ class AxialAttention(keras.layers.Layer):
         output = tf.reshape(output, [batch, heads, geometry['blocks'] * geometry['block'], value_depth])[:, :, :length]
         output = tf.reshape(tf.transpose(output, [0, 2, 1, 3]), [batch, length, self.total_value_depth])
         return tf.cast(output, self.compute_dtype)
-
-    def _project(self, inputs: tf.Tensor, training: bool) -> tf.Tensor:
-        """batch_norm_qkv(x W), computed as x (W * scale) + shift: [batch, length, channels] -> [.., 2Dk + Dv].
-
-        Folding the normalisation into the kernel keeps the [batch * length, 2Dk + Dv] projection out of every
-        statistic. In training the batch moments of y = x W are exact functions of x's per-channel mean m and
-        covariance C (a [channels, channels] Gram of the centred x): mean(y) = m W, var(y_c) = W_c^T C W_c. The
-        moving statistics are updated as `keras.layers.BatchNormalization` does (optionally across replicas).
-        """
-        norm = self.batch_norm_qkv
-        kernel = tf.cast(self.qkv_kernel, tf.float32)
-        if training:
-            x = tf.reshape(tf.cast(inputs, tf.float32), [-1, inputs.shape[-1]])
-            input_mean = tf.reduce_mean(x, 0)
-            centred = x - input_mean
-            covariance = tf.matmul(centred, centred, transpose_a=True) / tf.cast(tf.shape(x)[0], tf.float32)
-            mean = tf.linalg.matvec(kernel, input_mean, transpose_a=True)
-            variance = tf.reduce_sum(kernel * tf.matmul(covariance, kernel), 0)
-            if norm.synchronized:
-                mean, mean_square = replica_mean(mean, variance + tf.square(mean))
-                variance = mean_square - tf.square(mean)
-            variance = tf.nn.relu(variance)
-            norm.moving_mean.assign(norm.moving_mean * norm.momentum + mean * (1.0 - norm.momentum))
-            norm.moving_variance.assign(norm.moving_variance * norm.momentum + variance * (1.0 - norm.momentum))
-        else:
-            mean = tf.convert_to_tensor(norm.moving_mean)
-            variance = tf.convert_to_tensor(norm.moving_variance)
-        scale = norm.gamma * tf.math.rsqrt(variance + norm.epsilon)
-        shift = norm.beta - mean * scale
-        qkv = tf.einsum('nlc,cd->nld', inputs, tf.cast(kernel * scale, inputs.dtype))
-        return tf.cast(qkv + tf.cast(shift, qkv.dtype), self.compute_dtype)
 
     def _split_heads(self, qkv: tf.Tensor, batch: tf.Tensor, length: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """[batch, length, 2Dk + Dv] -> q, k [batch, heads, length, dk] and v [batch, heads, length, dv]."""

@@ -58,7 +58,7 @@ class TermBatchNormalization(keras.layers.Layer):
             mean = tf.stack([m for m, _ in moments])
             mean_square = tf.stack([s for _, s in moments])
             if self.synchronized:
-                mean, mean_square = replica_mean(mean, mean_square)
+                mean, mean_square = _replica_mean(mean, mean_square)
             variance = tf.nn.relu(mean_square - tf.square(mean))
             decay = 1.0 - self.momentum
             self.moving_mean.assign(self.moving_mean - (self.moving_mean - mean) * decay)
@@ -77,7 +77,7 @@ class TermBatchNormalization(keras.layers.Layer):
         return config
 
 
-def replica_mean(mean: tf.Tensor, mean_square: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+def _replica_mean(mean: tf.Tensor, mean_square: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Averages moments over replicas (equal per-replica batch sizes, as in synchronous data parallelism)."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
