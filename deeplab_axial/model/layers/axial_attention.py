@@ -9,8 +9,12 @@ Global attention (span None, or a span at least the axis length) is one block. A
 blocks: a block of `block_size` queries attends to its block_size + m - 1 keys (a halo of (m - 1) / 2 each side),
 masked outside each query's window and past the borders, so memory and time are O(L * (block_size + m)) instead of
 O(L^2). The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block,
-batch element and head, and contracted by matmuls batched over the query (or key) position. The three logits are normalised by folding their batch-norm into a per-head scale and shift
-and summed before one float32 softmax.
+batch element and head, and contracted by matmuls batched over the query (or key) position.
+
+The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its moments come exactly from
+small Gram matrices of q and k (`attention_moments`; the local content term alone is reduced directly), its
+per-head scale multiplies q or k before the products, and its shift, constant along each softmax row, cancels. The
+three scaled logits are summed before one float32 softmax.
 """
 
 from typing import Optional, Sequence, Tuple, Union
@@ -97,14 +101,6 @@ def _retrieve_relative(weights: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     y = tf.matmul(a, relative)  # [u, n*h*i, d]
     y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[2]])
     return tf.transpose(y, [1, 2, 3, 0, 4])
-
-
-def _append(x: tf.Tensor, column: Optional[tf.Tensor], ones: bool = False) -> tf.Tensor:
-    """Appends a depth column to x: `column` broadcast to x's shape, or ones (its dot-product partner); x if None."""
-    if column is None:
-        return x
-    shape = tf.concat([tf.shape(x)[:-1], [1]], 0)
-    return tf.concat([x, tf.ones(shape, x.dtype) if ones else tf.broadcast_to(column[..., None], shape)], -1)
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
@@ -315,27 +311,22 @@ class AxialAttention(keras.layers.Layer):
             similarity_moments['content'] = masked_moments(content_logits, [0, 2, 3, 4], mask,
                                                            batch * geometry['pairs'])
         moments = [similarity_moments[name] for name in self._similarity_terms] if training else []
-        scale, shift = self.batch_norm_similarity(moments, training=training)
+        scale, similarity_shift = self.batch_norm_similarity(moments, training=training)
         # Each term's per-head scale multiplies its query- or key-side operand, not the [.., L, L] logits, so that
         # no full-size product or (in the backward pass) full-size reduction is spent on it. The summed shift is
-        # the same for every key of a query, so it does not change the softmax; it still enters (as an extra
-        # depth column on the first term's operands, [x, shift] . [y, 1]) to keep the same variables and gradients.
+        # the same for every key of a query: it cancels in the softmax and its exact gradient is zero, so it only
+        # enters with weight 0 (below), which gives the shift's variables that zero gradient instead of None.
         scale = tf.cast(scale, dtype)[:, :, None, None, None]
-        shift = tf.cast(tf.reduce_sum(shift, 0), dtype)[:, None, None]
         logits = 0.0
         for index, name in enumerate(self._similarity_terms):
-            column = shift if index == 0 else None
             if name == 'content' and content_logits is not None:
-                term = tf.cast(scale[index], tf.float32) * content_logits + tf.cast(shift, tf.float32)[..., None]
+                term = tf.cast(scale[index], tf.float32) * content_logits
             elif name == 'content':
-                term = tf.einsum('nhiud,nhiwd->nhiuw', _append(scale[index] * query, column),
-                                 _append(key, column, ones=True))
+                term = tf.einsum('nhiud,nhiwd->nhiuw', scale[index] * query, key)
             elif name == 'query_rpe':
-                relative = self._relative(self.query_rpe, geometry, dtype)
-                term = _query_relative(_append(scale[index] * query, column), _append(relative, column, ones=True))
+                term = _query_relative(scale[index] * query, self._relative(self.query_rpe, geometry, dtype))
             else:
-                relative = self._relative(self.key_rpe, geometry, dtype)
-                term = _key_relative(_append(scale[index] * key, column), _append(relative, column, ones=True))
+                term = _key_relative(scale[index] * key, self._relative(self.key_rpe, geometry, dtype))
             logits = logits + tf.cast(term, tf.float32)
         if mask is not None:
             logits = logits + (1.0 - mask) * _MASKED_LOGIT
@@ -363,7 +354,7 @@ class AxialAttention(keras.layers.Layer):
         value_depth = self.total_value_depth // self.num_heads
         scale = tf.reshape(scale, [-1, self.num_heads, 1, 1, value_depth])
         shift = tf.reshape(tf.reduce_sum(shift, 0), [self.num_heads, 1, 1, value_depth])
-        result = shift
+        result = shift + 0.0 * tf.reduce_sum(similarity_shift)
         for index, output in enumerate(outputs):
             result = result + scale[index] * output
         return result
