@@ -40,11 +40,11 @@ def relative_counts(query_position: np.ndarray, key_position: np.ndarray, table_
         query_position, key_position, table_rows, valid)
     queries, keys, used = query_position[valid], key_position[valid], table_rows[valid]
     rows, index = np.unique(used, return_inverse=True)
-    query_counts = np.zeros((length, rows.size), np.float32)
-    key_counts = np.zeros((length, rows.size), np.float32)
-    np.add.at(query_counts, (queries, index), 1.0)
-    np.add.at(key_counts, (keys, index), 1.0)
-    return rows.astype(np.int32), query_counts, key_counts
+
+    def counts(position):
+        flat = np.bincount(position * rows.size + index, minlength=length * rows.size)
+        return flat.reshape(length, rows.size).astype(np.float32)
+    return rows.astype(np.int32), counts(queries), counts(keys)
 
 
 def content_moments(query: tf.Tensor, key: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:

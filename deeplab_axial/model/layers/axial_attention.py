@@ -17,6 +17,7 @@ per-head scale multiplies q or k before the products, and its shift, constant al
 three scaled logits are summed before one float32 softmax.
 """
 
+import functools
 from typing import Optional, Sequence, Tuple, Union
 
 import keras
@@ -35,13 +36,15 @@ _MASKED_LOGIT = -1e9
 ATTENTION_SCOPE_PREFIX = 'attention_keys_'
 
 
+@functools.lru_cache(maxsize=64)
 def _window(length: int, span: Optional[int], block_size: int, max_span: int) -> dict:
     """Static geometry of one attention call along an axis of `length`.
 
     Returns a dict with the block count and size, the keys per block, the left halo, the relative-table row for each
     (query-in-block, key-in-block) pair, the validity mask [blocks, block, keys] (None when every pair is valid),
     the valid pairs per batch element, the paper's key count per query, and the per-position counts of valid pairs
-    per used table row that give the positional terms' batch-norm moments (see `attention_moments`).
+    per used table row that give the positional terms' batch-norm moments (see `attention_moments`). Cached: the
+    arrays are shared and must not be modified.
     """
     local = span is not None and span < length
     if local:
