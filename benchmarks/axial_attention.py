@@ -8,7 +8,9 @@ Cases (float32, training mode, inside tf.function(jit_compile=True)):
   local65_1025:   the same with span 65 (blocks of 64 queries).
 
 Each case runs in its own subprocess. FLOPs = 3 x 2 x multiply-adds of the forward pass as model_stats counts them
-(executed count, i.e. including the masked pairs of local blocks; backward ~ 2 x forward).
+(executed count, i.e. including the masked pairs of local blocks; backward ~ 2 x forward), counted on the
+inference-mode graph: the small products that give the training-mode batch-norm moments (`attention_moments`) are
+overhead of the timed step, not work credited to it.
 Peak memory is measured in a second subprocess per case that runs the same step as a plain tf.function (no XLA:
 XLA's compiler and its reused buffer pool would hide the step's own memory): the process's peak resident set size
 (ru_maxrss) after one step minus its resident size just before it, i.e. the activations, gradients and workspace of
@@ -79,7 +81,7 @@ def run_case(case: str, repeats: int, measure: str) -> dict:
         baseline = _rss_bytes()
         run()
         return dict(peak_mib=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline) / 2 ** 20)
-    forward = tf.function(lambda x: layer(x, training=True))
+    forward = tf.function(lambda x: layer(x, training=False))
     madds = sum(op_madds(op) for op in forward.get_concrete_function(inputs).graph.get_operations())
     seconds = _median_seconds(run, repeats)
 

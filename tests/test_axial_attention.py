@@ -110,6 +110,7 @@ def _layer_and_input(rng, length=11, channels=6, **kwargs):
     dict(span=5, block_size=4),  # 3 blocks, the last one padded
     dict(span=3, block_size=11),
     dict(span=21),  # span >= length: global
+    dict(span=1, block_size=4),  # each query attends to itself only
     dict(span=None, use_query_rpe_similarity=False, retrieve_value_rpe=False),
     dict(span=5, block_size=3, use_content_similarity=False, use_key_rpe_similarity=False),
 ])
@@ -162,6 +163,38 @@ def test_gradients_reach_all_three_relative_tables(rng):
         tables = [layer.query_rpe, layer.key_rpe, layer.value_rpe]
         for table, grad in zip(tables, tape.gradient(loss, tables)):
             assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0, table.path
+
+
+@pytest.mark.parametrize('kwargs', [dict(span=None, max_span=4), dict(span=5, block_size=4)])
+def test_training_gradients_match_finite_differences(rng, kwargs):
+    # The batch statistics depend on the input, so this also checks the gradients of the Gram-matrix moments.
+    layer, x = _layer_and_input(rng, **kwargs)
+    layer.qkv_kernel.assign(rng.normal(0, 0.4, tuple(layer.qkv_kernel.shape)).astype(np.float32))
+    seed = rng.normal(size=(3, 11, 24)).astype(np.float32)
+    direction = rng.normal(size=x.shape).astype(np.float32)
+
+    def loss(t):
+        return tf.reduce_sum(layer(t, training=True) * seed)
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = loss(x)
+    analytic = float(tf.reduce_sum(tape.gradient(value, x) * direction))
+    step = 3e-3
+    numeric = (float(loss(x + step * direction)) - float(loss(x - step * direction))) / (2 * step)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
+
+
+def test_similarity_shift_gets_a_zero_gradient(rng):
+    # The shift of the logits' batch norm is constant along each softmax row: its exact gradient is zero.
+    layer, x = _layer_and_input(rng, span=5, block_size=4)
+    with tf.GradientTape() as tape:
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * rng.normal(size=y.shape).astype(np.float32))
+    norm = layer.batch_norm_similarity
+    beta, gamma = tape.gradient(loss, [norm.beta, norm.gamma])
+    np.testing.assert_array_equal(beta.numpy(), 0.0)
+    assert np.all(np.abs(gamma.numpy()) > 0)
 
 
 def test_training_updates_moving_statistics(rng):

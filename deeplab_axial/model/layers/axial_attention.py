@@ -9,16 +9,22 @@ Global attention (span None, or a span at least the axis length) is one block. A
 blocks: a block of `block_size` queries attends to its block_size + m - 1 keys (a halo of (m - 1) / 2 each side),
 masked outside each query's window and past the borders, so memory and time are O(L * (block_size + m)) instead of
 O(L^2). The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block,
-batch element and head, and contracted by matmuls batched over the query (or key) position. The three logits are normalised by folding their batch-norm into a per-head scale and shift
-and summed before one float32 softmax.
+batch element and head, and contracted by matmuls batched over the query (or key) position.
+
+The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its moments come exactly from
+small Gram matrices of q and k (`attention_moments`; the local content term alone is reduced directly), its
+per-head scale multiplies q or k before the products, and its shift, constant along each softmax row, cancels. The
+three scaled logits are summed before one float32 softmax.
 """
 
+import functools
 from typing import Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_axial.model.layers.attention_moments import content_moments, relative_counts, relative_moments
 from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization, masked_moments
 
 # Relative distances beyond +-(MAX_SPAN - 1) share the last row of the table (deeplab2 clips the same way).
@@ -30,35 +36,40 @@ _MASKED_LOGIT = -1e9
 ATTENTION_SCOPE_PREFIX = 'attention_keys_'
 
 
+@functools.lru_cache(maxsize=64)
 def _window(length: int, span: Optional[int], block_size: int, max_span: int) -> dict:
     """Static geometry of one attention call along an axis of `length`.
 
     Returns a dict with the block count and size, the keys per block, the left halo, the relative-table row for each
-    (query-in-block, key-in-block) pair, the validity mask [blocks, block, keys] (None when every pair is valid)
-    and the paper's key count per query.
+    (query-in-block, key-in-block) pair, the validity mask [blocks, block, keys] (None when every pair is valid),
+    the valid pairs per batch element, the paper's key count per query, and the per-position counts of valid pairs
+    per used table row that give the positional terms' batch-norm moments (see `attention_moments`). Cached: the
+    arrays are shared and must not be modified.
     """
-    if span is None or span >= length:
-        block, blocks, keys, halo = length, 1, length, 0
-        paper_keys = length
-    else:
+    local = span is not None and span < length
+    if local:
         halo = (span - 1) // 2
         block = min(block_size, length)
         blocks = -(-length // block)
         keys = block + 2 * halo
         paper_keys = span
+    else:
+        block, blocks, keys, halo = length, 1, length, 0
+        paper_keys = length
     query_in_block = np.arange(block)[:, None]
     key_in_block = np.arange(keys)[None, :]
     relative = key_in_block - halo - query_in_block  # p - o
     table_rows = np.clip(relative, -(max_span - 1), max_span - 1) + max_span - 1
-    mask = None
-    if halo:
-        start = (np.arange(blocks) * block)[:, None, None]
-        query = start + query_in_block[None]
-        key = start + key_in_block[None] - halo
+    start = (np.arange(blocks) * block)[:, None, None]
+    query = start + query_in_block[None]
+    key = start + key_in_block[None] - halo
+    valid = np.ones((blocks, block, keys), bool)
+    if local:
         valid = (np.abs(relative)[None] <= halo) & (query < length) & (key >= 0) & (key < length)
-        mask = valid.astype(np.float32)
+    count_rows, query_counts, key_counts = relative_counts(query, key, table_rows[None], valid, length)
     return dict(blocks=blocks, block=block, keys=keys, halo=halo, table_rows=table_rows.astype(np.int32),
-                mask=mask, paper_keys=paper_keys)
+                mask=valid.astype(np.float32) if local else None, pairs=int(valid.sum()), paper_keys=paper_keys,
+                count_rows=count_rows, query_counts=query_counts, key_counts=key_counts)
 
 
 # The relative terms contract each (query, key) pair with its own table row. Written as matmuls batched over the
@@ -219,6 +230,8 @@ class AxialAttention(keras.layers.Layer):
         qkv = tf.cast(self.batch_norm_qkv(qkv, training=training), self.compute_dtype)
         batch = tf.shape(qkv)[0]
         query, key, value = self._split_heads(qkv, batch, length)
+        # Moments of the positional (and global content) logits from the unblocked queries and keys.
+        moments = self._similarity_moments(query, key, geometry) if training else {}
         query = self._query_blocks(query, geometry, length)
         key = self._key_blocks(key, geometry, length)
         value = self._key_blocks(value, geometry, length)
@@ -226,7 +239,7 @@ class AxialAttention(keras.layers.Layer):
         scope = f'{ATTENTION_SCOPE_PREFIX}{length * geometry["paper_keys"]}_of_' \
                 f'{geometry["blocks"] * geometry["block"] * geometry["keys"]}'
         with tf.name_scope(scope):
-            output = self._attend(query, key, value, geometry, length, training)
+            output = self._attend(query, key, value, geometry, length, training, moments)
         # output: [batch, heads, blocks, block, value_depth] float32.
         output = tf.reshape(output, [batch, heads, geometry['blocks'] * geometry['block'], value_depth])[:, :, :length]
         output = tf.reshape(tf.transpose(output, [0, 2, 1, 3]), [batch, length, self.total_value_depth])
@@ -252,7 +265,7 @@ class AxialAttention(keras.layers.Layer):
     @staticmethod
     def _key_blocks(x: tf.Tensor, geometry: dict, length: int) -> tf.Tensor:
         """[batch, heads, length, depth] -> [batch, heads, blocks, keys, depth]: each block's keys with the halo."""
-        if geometry['halo'] == 0:
+        if geometry['mask'] is None:
             return x[:, :, None]
         halo, block, blocks, keys = geometry['halo'], geometry['block'], geometry['blocks'], geometry['keys']
         x = tf.pad(x, [[0, 0], [0, 0], [halo, blocks * block - length + halo], [0, 0]])
@@ -264,30 +277,60 @@ class AxialAttention(keras.layers.Layer):
         """The table rows for every (query-in-block, key-in-block) pair: [block, keys, depth]."""
         return tf.gather(tf.cast(table, dtype), geometry['table_rows'])
 
+    def _similarity_moments(self, query: tf.Tensor, key: tf.Tensor, geometry: dict) -> dict:
+        """Batch-norm moments of the similarity terms from q, k [batch, heads, length, depth] (`attention_moments`).
+
+        Returns {term name: (mean, mean of squares)}, float32 [heads] each; the local content term is left out (its
+        windowed pairs have no small-Gram form) and is reduced from the blocked logits instead.
+        """
+        moments = {}
+        for name in self._similarity_terms:
+            if name == 'content':
+                if geometry['mask'] is None:
+                    moments[name] = content_moments(query, key)
+            elif name == 'query_rpe':
+                moments[name] = relative_moments(query, self.query_rpe, geometry['count_rows'],
+                                                 geometry['query_counts'], geometry['pairs'])
+            else:
+                moments[name] = relative_moments(key, self.key_rpe, geometry['count_rows'],
+                                                 geometry['key_counts'], geometry['pairs'])
+        return moments
+
     def _attend(self, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, geometry: dict, length: int,
-                training: bool) -> tf.Tensor:
-        """Blocked Eq. 4 with folded batch norms; returns float32 [batch, heads, blocks, block, value_depth]."""
+                training: bool, similarity_moments: dict) -> tf.Tensor:
+        """Blocked Eq. 4 with folded batch norms; returns float32 [batch, heads, blocks, block, value_depth].
+
+        `similarity_moments` holds the training-mode moments of the similarity terms computed from the unblocked
+        q and k; a term missing there is reduced from its logits.
+        """
         dtype = query.dtype
         mask = None if geometry['mask'] is None else tf.constant(geometry['mask'])
         batch = tf.cast(tf.shape(query)[0], tf.float32)
-        logit_count = batch * float(length * geometry['keys'] if mask is None else geometry['mask'].sum())
 
-        terms = []
-        for name in self._similarity_terms:
-            if name == 'content':
-                terms.append(tf.einsum('nhiud,nhiwd->nhiuw', query, key))
+        # The local content logits have no small-Gram moments: reduce them directly (and reuse them below).
+        content_logits = None
+        if training and 'content' in self._similarity_terms and 'content' not in similarity_moments:
+            content_logits = tf.cast(tf.einsum('nhiud,nhiwd->nhiuw', query, key), tf.float32)
+            similarity_moments['content'] = masked_moments(content_logits, [0, 2, 3, 4], mask,
+                                                           batch * geometry['pairs'])
+        moments = [similarity_moments[name] for name in self._similarity_terms] if training else []
+        scale, similarity_shift = self.batch_norm_similarity(moments, training=training)
+        # Each term's per-head scale multiplies its query- or key-side operand, not the [.., L, L] logits, so that
+        # no full-size product or (in the backward pass) full-size reduction is spent on it. The summed shift is
+        # the same for every key of a query: it cancels in the softmax and its exact gradient is zero, so it only
+        # enters with weight 0 (below), which gives the shift's variables that zero gradient instead of None.
+        scale = tf.cast(scale, dtype)[:, :, None, None, None]
+        logits = 0.0
+        for index, name in enumerate(self._similarity_terms):
+            if name == 'content' and content_logits is not None:
+                term = tf.cast(scale[index], tf.float32) * content_logits
+            elif name == 'content':
+                term = tf.einsum('nhiud,nhiwd->nhiuw', scale[index] * query, key)
             elif name == 'query_rpe':
-                terms.append(_query_relative(query, self._relative(self.query_rpe, geometry, dtype)))
+                term = _query_relative(scale[index] * query, self._relative(self.query_rpe, geometry, dtype))
             else:
-                terms.append(_key_relative(key, self._relative(self.key_rpe, geometry, dtype)))
-        terms = [tf.cast(t, tf.float32) for t in terms]
-        moments = []
-        if training:
-            moments = [masked_moments(t, [0, 2, 3, 4], mask, logit_count) for t in terms]
-        scale, shift = self.batch_norm_similarity(moments, training=training)
-        logits = tf.reduce_sum(shift, 0)[:, None, None, None]
-        for index, term in enumerate(terms):
-            logits = logits + scale[index][:, None, None, None] * term
+                term = _key_relative(scale[index] * key, self._relative(self.key_rpe, geometry, dtype))
+            logits = logits + tf.cast(term, tf.float32)
         if mask is not None:
             logits = logits + (1.0 - mask) * _MASKED_LOGIT
         weights = tf.cast(tf.nn.softmax(logits, axis=-1), dtype)
@@ -305,17 +348,16 @@ class AxialAttention(keras.layers.Layer):
             if geometry['blocks'] * geometry['block'] > length:
                 valid = np.arange(geometry['blocks'] * geometry['block']).reshape(
                     geometry['blocks'], geometry['block']) < length
-                query_mask = tf.constant(valid.astype(np.float32)[:, :, None, None])
+                query_mask = tf.constant(valid.astype(np.float32)[:, :, None])
             for output in outputs:
-                # Channels are (head, depth): move heads next to depth, reduce over batch, blocks and queries.
-                output = tf.transpose(output, [0, 2, 3, 1, 4])
-                mean, mean_square = masked_moments(output, [0, 1, 2], query_mask, batch * float(length))
+                # Channels are (head, depth): reducing over batch, blocks and queries leaves them in that order.
+                mean, mean_square = masked_moments(output, [0, 2, 3], query_mask, batch * float(length))
                 moments.append((tf.reshape(mean, [-1]), tf.reshape(mean_square, [-1])))
         scale, shift = self.batch_norm_retrieved_output(moments, training=training)
         value_depth = self.total_value_depth // self.num_heads
         scale = tf.reshape(scale, [-1, self.num_heads, 1, 1, value_depth])
         shift = tf.reshape(tf.reduce_sum(shift, 0), [self.num_heads, 1, 1, value_depth])
-        result = shift
+        result = shift + 0.0 * tf.reduce_sum(similarity_shift)
         for index, output in enumerate(outputs):
             result = result + scale[index] * output
         return result

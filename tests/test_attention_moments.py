@@ -1,0 +1,54 @@
+"""Gram-matrix batch-norm moments of the attention logits against direct reductions over the valid pairs."""
+
+import numpy as np
+import pytest
+
+from deeplab_axial.model.layers.attention_moments import content_moments, relative_moments
+from deeplab_axial.model.layers.axial_attention import _window
+
+
+def _direct_moments(logits, valid):
+    """Per-head mean and mean of squares of logits [batch, heads, L, L] over the batch and the valid (o, p)."""
+    values = logits.transpose(1, 0, 2, 3)[:, :, valid]  # [heads, batch, valid pairs]
+    return values.mean((1, 2)), np.square(values).mean((1, 2))
+
+
+def _pairs(length, span, max_span):
+    """Independent enumeration of the valid (o, p) pairs and their clipped table rows."""
+    relative = np.arange(length)[None, :] - np.arange(length)[:, None]  # [o, p] = p - o
+    valid = np.ones((length, length), bool) if span is None else np.abs(relative) <= (span - 1) // 2
+    rows = np.clip(relative, -(max_span - 1), max_span - 1) + max_span - 1
+    return valid, rows
+
+
+def test_content_moments_match_direct_reduction(rng):
+    query = rng.normal(0.3, 1.0, (3, 2, 9, 4)).astype(np.float32)
+    key = rng.normal(-0.2, 1.5, (3, 2, 7, 4)).astype(np.float32)
+    logits = np.einsum('nhod,nhpd->nhop', query.astype(np.float64), key.astype(np.float64))
+    expected = _direct_moments(logits, np.ones((9, 7), bool))
+    got = content_moments(query, key)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-5)
+
+
+@pytest.mark.parametrize('length, span, block_size, max_span', [
+    (11, None, 64, 255),  # global
+    (11, None, 64, 4),  # global with distances beyond 3 on the clipped end rows
+    (11, 5, 4, 255),  # local: 3 blocks, the last padded, windows cut at both borders
+    (13, 7, 5, 2),  # local with clipped table rows inside the window
+    (9, 1, 4, 255),  # span 1: each query sees itself only
+])
+@pytest.mark.parametrize('term', ['query', 'key'])
+def test_relative_moments_match_direct_reduction(rng, length, span, block_size, max_span, term):
+    geometry = _window(length, span, block_size, max_span)
+    x = rng.normal(0.4, 1.0, (2, 3, length, 4)).astype(np.float32)
+    table = rng.normal(0.1, 0.7, (2 * max_span - 1, 4)).astype(np.float32)
+    local_span = None if span is None or span >= length else span
+    valid, rows = _pairs(length, local_span, max_span)
+    equation = 'nhod,opd->nhop' if term == 'query' else 'nhpd,opd->nhop'
+    logits = np.einsum(equation, x.astype(np.float64), table.astype(np.float64)[rows])
+    expected = _direct_moments(logits, valid)
+    assert geometry['pairs'] == valid.sum()
+    got = relative_moments(x, table, geometry['count_rows'], geometry[f'{term}_counts'], geometry['pairs'])
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-5, atol=1e-6)
