@@ -249,6 +249,7 @@ _MIRRORED_SCRIPT = textwrap.dedent('''
     for name, strategy in (('mirrored', mirrored), ('one_device', tf.distribute.OneDeviceStrategy('/cpu:0'))):
         config = t._panoptic_config({data!r}, steps=2)
         config.trainer_options.steps_per_loop = 1
+        config.trainer_options.solver_options.warmup_steps = 1
         run = train_lib.run_experiment(config, 'train', {tmp!r} + '/' + name, strategy, seed=0)
         out[name] = dict(replicas=strategy.num_replicas_in_sync, losses=run['train'])
     print('RESULT' + json.dumps(out))

@@ -81,6 +81,9 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
                                (evaluating, 'eval', 'eval_dataset_options')):
         if needed and key not in descriptors:
             raise config_utils.ConfigError(f'--mode={mode} needs {field}.dataset')
+    if mode == common.MODE_EVAL and tf.train.latest_checkpoint(experiment_dir) is None:
+        raise ValueError(f'--mode=eval: no checkpoint in {experiment_dir}; train first or point --model_dir at a '
+                         'trained experiment')
     descriptor = descriptors['train' if training else 'eval']
     task = _TASKS[registry.model_task(config.model_options.backbone.name)]
     solver = config.trainer_options.solver_options
@@ -124,9 +127,6 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
             controller.evaluate(eval_steps)
         return {'train': means, 'eval': evaluator.last_results}
     if mode == common.MODE_EVAL:
-        if controller.checkpoint_manager.latest_checkpoint is None:
-            raise ValueError(f'--mode=eval: no checkpoint in {experiment_dir}; train first or point --model_dir '
-                             'at a trained experiment')
         return {'eval': controller.evaluate(eval_steps)}
     timeout = evaluator_options.continuous_eval_timeout
     return {'eval': controller.evaluate_continuously(eval_steps, timeout=timeout if timeout > 0 else None,
