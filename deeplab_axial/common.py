@@ -58,6 +58,7 @@ CKPT_CLASSIFICATION_HEAD = 'classification_head'
 CKPT_GLOBAL_STEP = 'global_step'
 CKPT_OPTIMIZER = 'optimizer'
 CKPT_TRAIN_ITERATOR = 'train_iterator'
+CKPT_BACKBONE_OPTIMIZER = 'backbone_optimizer'
 
 # === Encoder endpoints ===
 RES2 = 'res2'

@@ -89,8 +89,14 @@ def main(argv: Sequence[str]) -> None:
         flags.FLAGS.config_param)
     # The task wiring (models, losses, data, evaluation) lives in train_lib; imported here so that the flag and
     # config handling above loads without it.
+    from trainer import controller  # pylint: disable=g-import-not-at-top
     from trainer import train_lib  # pylint: disable=g-import-not-at-top
-    train_lib.run_experiment(config, flags.FLAGS.mode, experiment_dir, strategy)
+    try:
+        train_lib.run_experiment(config, flags.FLAGS.mode, experiment_dir, strategy)
+    except controller.NonFiniteLossError as e:
+        # A diverged run is an outcome to act on, not a crash: the message alone, and exit status 1.
+        logging.error('%s', e)
+        raise SystemExit(f'ERROR: {e}') from None
 
 
 def run() -> None:

@@ -1,0 +1,90 @@
+"""The classification task (ImageNet-style pre-training): loss with label smoothing and top-1/top-5 evaluation."""
+
+from typing import Callable, Dict, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deeplab_axial import common
+from deeplab_axial.data.dataset import DatasetDescriptor
+from deeplab_axial.model.loss.classification_loss import classification_loss
+from deeplab_axial.protos import config_pb2
+from trainer import eval_results
+from trainer import replica_eval
+
+OUTPUT_KEYS = (common.TOTAL_LOSS, common.CLASSIFICATION_LOSS)
+TOP1_KEY = 'evaluation/accuracy/top1'
+TOP5_KEY = 'evaluation/accuracy/top5'
+
+
+def make_loss_fn(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
+                 model: keras.Model) -> Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]:
+    """loss_fn(batch) -> per-example {total_loss, classification_loss} [batch] (weighted, label-smoothed)."""
+    options = config.trainer_options.loss_options.classification_loss
+    weight, smoothing = options.weight, options.label_smoothing
+
+    def loss_fn(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        logits = model(inputs[common.IMAGE], training=True)[common.PRED_LOGITS_KEY]
+        loss = classification_loss(inputs[common.GT_CLASS_LABEL_KEY], logits, smoothing) * weight
+        return {common.TOTAL_LOSS: loss, common.CLASSIFICATION_LOSS: loss}
+
+    return loss_fn
+
+
+class ClassificationEval:
+    """Evaluator (reset/update/result): top-1 and top-5 accuracy over the eval set, on all replicas.
+
+    Args:
+      strategy: the strategy the model was built under.
+      model: the classifier (called with training=False).
+      batch_size: the global eval batch size.
+      crop_size: (height, width) of the eval images.
+      experiment_dir: eval_results.json goes here.
+      global_step: the controller's step variable.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, batch_size: int,
+                 crop_size: Tuple[int, int], experiment_dir: str, global_step: tf.Variable):
+        self._model = model
+        self._crop_size = tuple(crop_size)
+        self._experiment_dir = experiment_dir
+        self._global_step = global_step
+        self._runner = replica_eval.ReplicaRunner(strategy, self._predict, batch_size)
+        self.last_results: Dict[str, float] = {}
+        self.reset()
+
+    def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
+        return {common.PRED_LOGITS_KEY: self._model(images, training=False)[common.PRED_LOGITS_KEY]}
+
+    def reset(self) -> None:
+        self._top1 = self._top5 = self._count = 0
+
+    def update(self, batch: Dict[str, tf.Tensor]) -> None:
+        logits = self._runner({common.IMAGE: batch[common.IMAGE]})[common.PRED_LOGITS_KEY]
+        labels = batch[common.GT_CLASS_LABEL_KEY].numpy()
+        k = min(5, logits.shape[-1])
+        # Stable sort: ties go to the lower class id, as tf.math.top_k.
+        top = np.argsort(-logits, axis=-1, kind='stable')[:, :k]
+        self._top1 += int(np.sum(top[:, 0] == labels))
+        self._top5 += int(np.sum(np.any(top == labels[:, None], axis=-1)))
+        self._count += len(labels)
+
+    def result(self) -> Dict[str, float]:
+        if not self._count:
+            raise ValueError('ClassificationEval: the eval dataset gave no examples')
+        metrics = {TOP1_KEY: self._top1 / self._count, TOP5_KEY: self._top5 / self._count}
+        eval_results.write_eval_results(self._experiment_dir, int(self._global_step.numpy()), metrics,
+                                        {'num_examples': self._count})
+        self.last_results = metrics
+        return metrics
+
+
+def build_evaluator(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
+                    strategy: tf.distribute.Strategy, model: keras.Model, crop_size: Tuple[int, int],
+                    experiment_dir: str, global_step: tf.Variable) -> ClassificationEval:
+    """Top-1/top-5 evaluation of the classifier."""
+    del descriptor  # The classes come from the model.
+    return ClassificationEval(strategy, model, config.eval_dataset_options.batch_size, crop_size, experiment_dir,
+                              global_step)

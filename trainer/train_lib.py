@@ -1,0 +1,159 @@
+"""Wires a config to the trainer core: model, loss, optimizer, datasets, evaluator and the Controller.
+
+    config, experiment_dir, strategy = train.prepare_experiment(...)
+    run_experiment(config, 'train_and_eval', experiment_dir, strategy)
+
+Modes (deeplab2's):
+- train: trains to solver_options.training_number_of_steps, resuming from the newest checkpoint in experiment_dir
+  (weights, optimizer, step, input position), else initialising from model_options.initial_checkpoint.
+- train_and_eval: the same, evaluating every evaluator_options.eval_interval steps and at the end.
+- eval: evaluates the newest checkpoint once (an error if there is none).
+- continuous_eval: evaluates every new checkpoint until one at training_number_of_steps was evaluated, or
+  continuous_eval_timeout seconds pass without a new one (-1 = wait forever).
+
+The model is built under strategy.scope() at the train crop size (eval modes: the eval crop size); evaluation
+calls it with training=False, so drop path and batch-norm updates are off. The task (panoptic or classification)
+comes from the backbone's registry entry (trainer/panoptic_task.py, trainer/classification_task.py).
+"""
+
+from typing import Dict, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from deeplab_axial import common
+from deeplab_axial import config_utils
+from deeplab_axial.data import input_pipeline
+from deeplab_axial.model import builder
+from deeplab_axial.model import registry
+from deeplab_axial.protos import config_pb2
+from trainer import checkpoint_utils
+from trainer import classification_task
+from trainer import controller as controller_lib
+from trainer import data_options
+from trainer import optimizer_builder
+from trainer import panoptic_task
+from trainer import train_step
+
+_TASKS = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
+_TRAIN_MODES = (common.MODE_TRAIN, common.MODE_TRAIN_AND_EVAL)
+_MODES = _TRAIN_MODES + (common.MODE_EVAL, common.MODE_CONTINUOUS_EVAL)
+
+
+def _host_datasets(strategy: tf.distribute.Strategy) -> bool:
+    """One host (OneDevice, Mirrored): the controller reads global batches and splits them (exact resume)."""
+    return isinstance(strategy, (tf.distribute.OneDeviceStrategy, tf.distribute.MirroredStrategy))
+
+
+def _train_dataset(options: input_pipeline.DataOptions, strategy: tf.distribute.Strategy):
+    if _host_datasets(strategy):
+        return input_pipeline.build_dataset(options)
+    # TPU and multi-worker: each input pipeline reads its shard with its per-replica batch size.
+    return lambda context: input_pipeline.build_dataset(options, context)
+
+
+def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_dir: str,
+                   strategy: tf.distribute.Strategy, *, seed: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    """Runs one mode of an experiment (see the module docstring).
+
+    Args:
+      config: a loaded ExperimentOptions (train.prepare_experiment set its mixed-precision policy).
+      mode: 'train', 'eval', 'train_and_eval' or 'continuous_eval'.
+      experiment_dir: checkpoints, summaries, eval_results.json and predictions go here.
+      strategy: from trainer.distribution_utils.create_strategy.
+      seed: seeds the weights' initialisation, data shuffling and augmentation (reproducible runs); None = random.
+
+    Returns:
+      {'train': mean outputs of the last training loop} and/or {'eval': metrics of the last evaluation}.
+
+    Raises:
+      config_utils.ConfigError: an invalid config.
+      controller.NonFiniteLossError: the loss became NaN/Inf (the message names the last good checkpoint).
+      ValueError: eval mode without a checkpoint, an unknown mode.
+    """
+    if mode not in _MODES:
+        raise ValueError(f'mode must be one of {_MODES}. Received: {mode!r}')
+    descriptors = config_utils.validate(config, num_replicas=strategy.num_replicas_in_sync)
+    training = mode in _TRAIN_MODES
+    evaluating = mode != common.MODE_TRAIN
+    for needed, key, field in ((training, 'train', 'train_dataset_options'),
+                               (evaluating, 'eval', 'eval_dataset_options')):
+        if needed and key not in descriptors:
+            raise config_utils.ConfigError(f'--mode={mode} needs {field}.dataset')
+    if mode == common.MODE_EVAL and tf.train.latest_checkpoint(experiment_dir) is None:
+        raise ValueError(f'--mode=eval: no checkpoint in {experiment_dir}; train first or point --model_dir at a '
+                         'trained experiment')
+    descriptor = descriptors['train' if training else 'eval']
+    task = _TASKS[registry.model_task(config.model_options.backbone.name)]
+    solver = config.trainer_options.solver_options
+    train_crop = tuple(config.train_dataset_options.crop_size)
+    eval_crop = tuple(config.eval_dataset_options.crop_size)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+    with strategy.scope():
+        model = builder.build_model(config, descriptor)
+        model.build((None, *(train_crop if training else eval_crop), 3))
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+        items = dict(model.checkpoint_items)
+        train_kwargs = {}
+        if training:
+            train_kwargs = _training_setup(config, descriptor, strategy, model, task, items, seed)
+    logging.info('Model %s: %d parameters', config.model_options.backbone.name, model.count_params())
+
+    eval_kwargs, evaluator = {}, None
+    if evaluating:
+        eval_options = data_options.to_data_options(config.eval_dataset_options, descriptors['eval'],
+                                                    is_training=False)
+        evaluator = task.build_evaluator(config, descriptors['eval'], strategy, model, eval_crop, experiment_dir,
+                                         global_step)
+        eval_kwargs = dict(evaluator=evaluator, eval_dataset=input_pipeline.build_dataset(eval_options))
+    trainer_options = config.trainer_options
+    controller = controller_lib.Controller(
+        strategy, experiment_dir, global_step, items, steps_per_loop=trainer_options.steps_per_loop,
+        checkpoint_interval=trainer_options.save_checkpoints_steps,
+        summary_interval=trainer_options.save_summaries_steps,
+        max_to_keep=trainer_options.num_checkpoints_to_keep, **train_kwargs, **eval_kwargs)
+
+    evaluator_options = config.evaluator_options
+    eval_steps = evaluator_options.eval_steps
+    final_step = solver.training_number_of_steps
+    if mode == common.MODE_TRAIN:
+        return {'train': controller.train(final_step)}
+    if mode == common.MODE_TRAIN_AND_EVAL:
+        means = controller.train(final_step, eval_interval=evaluator_options.eval_interval, eval_steps=eval_steps)
+        if not means:  # Already trained to final_step: nothing ran, so evaluate the final checkpoint here.
+            controller.evaluate(eval_steps)
+        return {'train': means, 'eval': evaluator.last_results}
+    if mode == common.MODE_EVAL:
+        return {'eval': controller.evaluate(eval_steps)}
+    timeout = evaluator_options.continuous_eval_timeout
+    return {'eval': controller.evaluate_continuously(eval_steps, timeout=timeout if timeout > 0 else None,
+                                                     final_step=final_step)}
+
+
+def _training_setup(config: config_pb2.ExperimentOptions, descriptor, strategy: tf.distribute.Strategy,
+                    model: keras.Model, task, items: dict, seed: Optional[int]) -> dict:
+    """Optimizer(s), train step, train dataset and init_fn (inside strategy.scope()); adds optimizers to items."""
+    solver = config.trainer_options.solver_options
+    policy = config.model_options.mixed_precision_policy or 'float32'
+    optimizer = optimizer_builder.build_optimizer(solver, mixed_precision_policy=policy)
+    items[common.CKPT_OPTIMIZER] = optimizer
+    step_kwargs = {}
+    if solver.backbone_learning_rate_multiplier != 1.0:
+        backbone_optimizer = optimizer_builder.build_optimizer(
+            solver, optimizer_builder.build_learning_rate_schedule(solver, solver.backbone_learning_rate_multiplier),
+            mixed_precision_policy=policy)
+        items[common.CKPT_BACKBONE_OPTIMIZER] = backbone_optimizer
+        step_kwargs = dict(backbone_optimizer=backbone_optimizer,
+                           backbone_variables=model.encoder.trainable_variables)
+    global_batch_size = config.train_dataset_options.batch_size
+    step_fn = train_step.make_train_step_fn(
+        task.make_loss_fn(config, descriptor, model), model.trainable_variables, optimizer, global_batch_size,
+        weight_decay=solver.weight_decay, clip_norm=solver.clip_gradient_norm if solver.use_gradient_clipping else None,
+        **step_kwargs)
+    options = data_options.to_data_options(config.train_dataset_options, descriptor, is_training=True, seed=seed)
+    return dict(train_step_fn=step_fn, train_dataset=_train_dataset(options, strategy), output_keys=task.OUTPUT_KEYS,
+                global_batch_size=global_batch_size, learning_rate_fn=lambda: optimizer.learning_rate,
+                init_fn=checkpoint_utils.make_init_fn(config.model_options, model.checkpoint_items))
