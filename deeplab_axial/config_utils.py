@@ -313,15 +313,13 @@ def _check_evaluator(c: _Checker, evaluator) -> None:
               f'{evaluator.eval_interval}')
 
 
-def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1,
-             num_eval_replicas: int = 1) -> Dict[str, dataset_lib.DatasetDescriptor]:
+def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dict[str, dataset_lib.DatasetDescriptor]:
     """Checks cross-field rules; registers `dataset_descriptor` blocks on the way.
 
     Args:
       config: a parsed ExperimentOptions.
-      num_replicas: replicas that train (the train batch size must divide evenly).
-      num_eval_replicas: replicas that evaluate (the eval batch size must divide evenly); panoptic evaluation
-        runs on one device with batch 1, as in deeplab2.
+      num_replicas: replicas that train (the train batch size must divide evenly). Evaluation takes any batch
+        size on any number of replicas (the evaluator pads the last batch), so it has no such rule.
 
     Returns:
       The dataset descriptors of the datasets that are set, keyed 'train' / 'eval'.
@@ -341,8 +339,7 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1,
     descriptors = {}
     for key, field in (('train', 'train_dataset_options'), ('eval', 'eval_dataset_options')):
         if getattr(config, field).dataset:
-            replicas = num_replicas if key == 'train' else num_eval_replicas
-            descriptor = _check_dataset(c, config, field, replicas, meta)
+            descriptor = _check_dataset(c, config, field, num_replicas if key == 'train' else 1, meta)
             if descriptor is not None:
                 descriptors[key] = descriptor
     if 'train' in descriptors and 'eval' in descriptors:

@@ -50,3 +50,16 @@ def test_write_atomically_leaves_nothing_when_the_writer_fails(tmp_path):
     assert os.listdir(tmp_path / 'out') == []
     files.save_png(str(target), np.zeros((2, 3, 3), np.uint8))
     assert Image.open(target).size == (3, 2) and os.listdir(tmp_path / 'out') == ['x.png']
+
+
+def test_jpeg_pixels_are_those_of_the_input_pipeline_decoder(tmp_path):
+    """Pillow and TensorFlow decode JPEGs differently; inference must see what evaluation saw."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / 'noisy.jpg'
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path, quality=90)
+    expected = tf.io.decode_image(path.read_bytes(), channels=3).numpy()
+    pillow = np.asarray(Image.open(path).convert('RGB'))
+    assert np.any(pillow != expected)  # otherwise this test could not tell the decoders apart
+    np.testing.assert_array_equal(files.read_image(str(path)), expected)

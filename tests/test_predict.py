@@ -313,7 +313,8 @@ def test_classification_top5_csv(classification_export, image_dir, tmp_path):
         rows = list(csv.reader(f))
     assert rows[0][:4] == ['file', 'class_1', 'name_1', 'prob_1'] and len(rows) == 5
     for row in rows[1:]:
-        classes, probs = reference_top5(np.asarray(Image.open(image_dir / row[0]).convert('RGB')))
+        # Inference decodes with TensorFlow's decoder, as the input pipeline does (see files.read_image).
+        classes, probs = reference_top5(tf.io.decode_image((image_dir / row[0]).read_bytes(), channels=3).numpy())
         assert [int(c) for c in row[1::3]] == classes.tolist()
         assert row[2::3] == [CLASSIFICATION_DESCRIPTOR.class_names[c] for c in classes]
         np.testing.assert_allclose([float(p) for p in row[3::3]], probs, atol=1e-5)
