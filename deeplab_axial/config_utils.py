@@ -9,7 +9,7 @@ with a message that names the fields involved.
 
 import os
 import re
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
@@ -52,6 +52,17 @@ def _comment_start(line: str) -> int:
 
 def _escape(value: str) -> str:
     return value.replace('\\', '\\\\').replace('"', '\\"').replace("'", "\\'")
+
+
+def parse_config_params(params: Sequence[str]) -> Dict[str, str]:
+    """Turns --config_param values ['NAME=VALUE', ...] into a dict; an entry without '=' is an error naming the flag."""
+    values = {}
+    for item in params:
+        name, sep, value = item.partition('=')
+        if not sep or not name:
+            raise ConfigError(f'--config_param expects NAME=VALUE. Received: {item!r}')
+        values[name] = value
+    return values
 
 
 def fill_placeholders(text: str, params: Optional[Mapping[str, str]] = None,

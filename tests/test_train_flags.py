@@ -15,9 +15,9 @@ _TINY = os.path.join(_REPO, 'configs', 'synthetic', 'axial_deeplab_tiny.textprot
 
 
 def test_parse_config_params():
-    assert train.parse_config_params(['A=1', 'B=x=y', 'C=']) == {'A': '1', 'B': 'x=y', 'C': ''}
+    assert config_utils.parse_config_params(['A=1', 'B=x=y', 'C=']) == {'A': '1', 'B': 'x=y', 'C': ''}
     with pytest.raises(ValueError, match='--config_param'):
-        train.parse_config_params(['NOVALUE'])
+        config_utils.parse_config_params(['NOVALUE'])
 
 
 def test_prepare_experiment_writes_resolved_config(tmp_path):

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import tempfile
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 from absl import app
@@ -25,24 +25,15 @@ from absl import flags
 from absl import logging
 
 from deeplab_axial import common
+from deeplab_axial import config_utils
 from deeplab_axial.inference import export_module
 from deeplab_axial.inference import model_loader
 from deeplab_axial.inference import saved_model_runner
 from deeplab_axial.protos import config_pb2
 
+
 class ExportError(Exception):
     """A problem with the flags, config, checkpoint or output path, reported without a traceback."""
-
-
-def parse_config_params(params: Sequence[str]) -> Dict[str, str]:
-    """['NAME=VALUE', ...] -> {NAME: VALUE}; an entry without '=' is an error naming --config_param."""
-    values = {}
-    for item in params:
-        name, sep, value = item.partition('=')
-        if not sep or not name:
-            raise ExportError(f'--config_param expects NAME=VALUE. Received: {item!r}')
-        values[name] = value
-    return values
 
 
 def _check_output_path(output_path: str, overwrite: bool) -> None:
@@ -104,7 +95,7 @@ def main(argv: Sequence[str]) -> Optional[int]:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     try:
-        params = parse_config_params(flags.FLAGS.config_param)
+        params = config_utils.parse_config_params(flags.FLAGS.config_param)
         config = model_loader.load_config(flags.FLAGS.experiment_option_path, params)
         export(config, flags.FLAGS.checkpoint_path, flags.FLAGS.output_path, overwrite=flags.FLAGS.overwrite,
                jit_compile=flags.FLAGS.jit_compile)

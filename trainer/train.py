@@ -9,7 +9,7 @@ Checkpoints and summaries go to model_dir/experiment_name. `${NAME}` placeholder
 """
 
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 from absl import app
@@ -34,17 +34,6 @@ flags.DEFINE_integer('num_gpus', 0, 'GPUs to train on (MirroredStrategy when > 1
 flags.DEFINE_multi_string('config_param', [], 'NAME=VALUE for a ${NAME} placeholder of the config; repeatable.')
 
 
-def parse_config_params(params: Sequence[str]) -> Dict[str, str]:
-    """Turns ['NAME=VALUE', ...] into a dict; an entry without '=' is an error naming --config_param."""
-    values = {}
-    for item in params:
-        name, sep, value = item.partition('=')
-        if not sep or not name:
-            raise ValueError(f'--config_param expects NAME=VALUE. Received: {item!r}')
-        values[name] = value
-    return values
-
-
 def _write_config_copy(config: config_pb2.ExperimentOptions, experiment_dir: str) -> str:
     """Saves the resolved config next to the checkpoints (temp name, then rename)."""
     path = os.path.join(experiment_dir, CONFIG_COPY_NAME)
@@ -66,7 +55,7 @@ def prepare_experiment(config_file: str, mode: str, model_dir: str, master: Opti
     """
     if mode not in _MODES:
         raise ValueError(f'--mode must be one of {_MODES}. Received: {mode!r}')
-    config = config_utils.load_config(config_file, params=parse_config_params(config_params))
+    config = config_utils.load_config(config_file, params=config_utils.parse_config_params(config_params))
     if not config.experiment_name:
         raise config_utils.ConfigError(f'{config_file}: experiment_name must be set')
     strategy = distribution_utils.create_strategy(master, num_gpus)

@@ -15,7 +15,7 @@ then train on `{tfrecord_dir}/train-*.tfrecord` with dataset 'synthetic_panoptic
 import io
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from absl import app
 from absl import flags
