@@ -97,13 +97,13 @@ def _key_relative(key: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
 
 
 def _retrieve_relative(weights: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
-    """sum_p a_op r_{p-o}: weights [n, h, i, u, w], relative [u, w, d] -> [n, h, i, u, d]."""
+    """sum_p a_op r_{p-o}: weights [n, h, i, u, w], relative [u, w, d] -> [n, i, u, h, d] (sequence layout)."""
     n = tf.shape(weights)[0]
     _, heads, blocks, queries, keys = weights.shape
     a = tf.reshape(tf.transpose(weights, [3, 0, 1, 2, 4]), [queries, -1, keys])
     y = tf.matmul(a, relative)  # [u, n*h*i, d]
     y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[2]])
-    return tf.transpose(y, [1, 2, 3, 0, 4])
+    return tf.transpose(y, [1, 3, 0, 2, 4])
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
@@ -223,10 +223,10 @@ class AxialAttention(keras.layers.Layer):
             raise ValueError(f'{self.name}: the attended axis must have a static length. Received shape '
                              f'{inputs.shape}')
         geometry = _window(length, self.span, self.block_size, self.max_span)
-        heads = self.num_heads
-        value_depth = self.total_value_depth // heads
 
-        qkv = tf.einsum('nlc,cd->nld', inputs, tf.cast(self.qkv_kernel, inputs.dtype))
+        # One 2-D matmul: on CPU it runs faster forward and backward than the equivalent 3-D einsum.
+        qkv = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), tf.cast(self.qkv_kernel, inputs.dtype))
+        qkv = tf.reshape(qkv, [tf.shape(inputs)[0], length, qkv.shape[-1]])
         qkv = tf.cast(self.batch_norm_qkv(qkv, training=training), self.compute_dtype)
         batch = tf.shape(qkv)[0]
         query, key, value = self._split_heads(qkv, batch, length)
@@ -240,9 +240,6 @@ class AxialAttention(keras.layers.Layer):
                 f'{geometry["blocks"] * geometry["block"] * geometry["keys"]}'
         with tf.name_scope(scope):
             output = self._attend(query, key, value, geometry, length, training, moments)
-        # output: [batch, heads, blocks, block, value_depth] float32.
-        output = tf.reshape(output, [batch, heads, geometry['blocks'] * geometry['block'], value_depth])[:, :, :length]
-        output = tf.reshape(tf.transpose(output, [0, 2, 1, 3]), [batch, length, self.total_value_depth])
         return tf.cast(output, self.compute_dtype)
 
     def _split_heads(self, qkv: tf.Tensor, batch: tf.Tensor, length: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -298,7 +295,7 @@ class AxialAttention(keras.layers.Layer):
 
     def _attend(self, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, geometry: dict, length: int,
                 training: bool, similarity_moments: dict) -> tf.Tensor:
-        """Blocked Eq. 4 with folded batch norms; returns float32 [batch, heads, blocks, block, value_depth].
+        """Blocked Eq. 4 with folded batch norms; returns float32 [batch, length, total_value_depth].
 
         `similarity_moments` holds the training-mode moments of the similarity terms computed from the unblocked
         q and k; a term missing there is reduced from its logits.
@@ -335,29 +332,20 @@ class AxialAttention(keras.layers.Layer):
             logits = logits + (1.0 - mask) * _MASKED_LOGIT
         weights = tf.cast(tf.nn.softmax(logits, axis=-1), dtype)
 
+        # Each retrieved output goes to the layer's [batch, length, (head, depth)] layout before its batch norm, so
+        # that the moments, scale and shift work on the contiguous last axis and the padded queries drop out.
         outputs = []
         for name in self._retrieval_terms:
             if name == 'content':
-                outputs.append(tf.einsum('nhiuw,nhiwd->nhiud', weights, value))
+                output = tf.transpose(tf.einsum('nhiuw,nhiwd->nhiud', weights, value), [0, 2, 3, 1, 4])
             else:
-                outputs.append(_retrieve_relative(weights, self._relative(self.value_rpe, geometry, dtype)))
-        outputs = [tf.cast(o, tf.float32) for o in outputs]
-        moments = []
-        if training:
-            query_mask = None
-            if geometry['blocks'] * geometry['block'] > length:
-                valid = np.arange(geometry['blocks'] * geometry['block']).reshape(
-                    geometry['blocks'], geometry['block']) < length
-                query_mask = tf.constant(valid.astype(np.float32)[:, :, None])
-            for output in outputs:
-                # Channels are (head, depth): reducing over batch, blocks and queries leaves them in that order.
-                mean, mean_square = masked_moments(output, [0, 2, 3], query_mask, batch * float(length))
-                moments.append((tf.reshape(mean, [-1]), tf.reshape(mean_square, [-1])))
+                output = _retrieve_relative(weights, self._relative(self.value_rpe, geometry, dtype))
+            output = tf.reshape(output, [tf.shape(output)[0], geometry['blocks'] * geometry['block'],
+                                         self.total_value_depth])[:, :length]
+            outputs.append(tf.cast(output, tf.float32))
+        moments = [masked_moments(output, [0, 1]) for output in outputs] if training else []
         scale, shift = self.batch_norm_retrieved_output(moments, training=training)
-        value_depth = self.total_value_depth // self.num_heads
-        scale = tf.reshape(scale, [-1, self.num_heads, 1, 1, value_depth])
-        shift = tf.reshape(tf.reduce_sum(shift, 0), [self.num_heads, 1, 1, value_depth])
-        result = shift + 0.0 * tf.reduce_sum(similarity_shift)
+        result = tf.reduce_sum(shift, 0) + 0.0 * tf.reduce_sum(similarity_shift)
         for index, output in enumerate(outputs):
             result = result + scale[index] * output
         return result
