@@ -60,7 +60,24 @@ def _output_spec(num_classes: int) -> Dict[str, tf.TensorSpec]:
     return specs
 
 
-class PanopticExportModule(tf.Module):
+class _ExportModule(tf.Module):
+    """The two serving signatures over a subclass's `predict(images uint8 [batch, height, width, 3])`."""
+
+    def __init__(self, model: keras.Model, name: str):
+        super().__init__(name=name)
+        self._model = _inference_call(model)
+        self.model_variables = _model_variables(model)
+
+    @tf.function(input_signature=[_IMAGE_SPEC])
+    def serving_default(self, image: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return self.serve_batch(image[tf.newaxis])  # One trace of the model for both signatures.
+
+    @tf.function(input_signature=[_IMAGES_SPEC])
+    def serve_batch(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return self.predict(images)
+
+
+class PanopticExportModule(_ExportModule):
     """Panoptic signatures over a restored Axial-DeepLab.
 
     Args:
@@ -73,9 +90,7 @@ class PanopticExportModule(tf.Module):
 
     def __init__(self, model: keras.Model, post_processor: PostProcessor, input_size: Sequence[int],
                  resize_options: Mapping[str, int], jit_compile: bool = False):
-        super().__init__(name='deeplab_axial_panoptic')
-        self._model = _inference_call(model)
-        self.model_variables = _model_variables(model)
+        super().__init__(model, name='deeplab_axial_panoptic')
         self._post_processor = post_processor
         self._input_size = tuple(int(s) for s in input_size)
         # Tuples, not dicts: tf.Module would wrap dicts for tracking, and wrapped dicts do not trace as outputs.
@@ -101,16 +116,8 @@ class PanopticExportModule(tf.Module):
             lambda example: inference.restore_to_image_size(example[0], example[1], image_size),
             (predictions, resized_sizes), fn_output_signature=_output_spec(self._post_processor.num_classes))
 
-    @tf.function(input_signature=[_IMAGE_SPEC])
-    def serving_default(self, image: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return self.serve_batch(image[tf.newaxis])  # One trace of the model for both signatures.
 
-    @tf.function(input_signature=[_IMAGES_SPEC])
-    def serve_batch(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return self.predict(images)
-
-
-class ClassificationExportModule(tf.Module):
+class ClassificationExportModule(_ExportModule):
     """Classification signatures over a restored Axial-ResNet.
 
     Args:
@@ -120,9 +127,7 @@ class ClassificationExportModule(tf.Module):
     """
 
     def __init__(self, model: keras.Model, input_size: Sequence[int], jit_compile: bool = False):
-        super().__init__(name='deeplab_axial_classification')
-        self._model = _inference_call(model)
-        self.model_variables = _model_variables(model)
+        super().__init__(model, name='deeplab_axial_classification')
         self._input_size = tuple(int(s) for s in input_size)
         self._logits = tf.function(self._logits_fn, jit_compile=True) if jit_compile else self._logits_fn
 
@@ -138,11 +143,3 @@ class ClassificationExportModule(tf.Module):
         top = tf.math.top_k(tf.nn.softmax(logits), k=min(5, int(logits.shape[-1])))
         return {common.PRED_LOGITS_KEY: logits, common.PRED_TOP5_CLASSES_KEY: tf.cast(top.indices, tf.int32),
                 common.PRED_TOP5_PROBS_KEY: top.values}
-
-    @tf.function(input_signature=[_IMAGE_SPEC])
-    def serving_default(self, image: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return self.serve_batch(image[tf.newaxis])  # One trace of the model for both signatures.
-
-    @tf.function(input_signature=[_IMAGES_SPEC])
-    def serve_batch(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return self.predict(images)
