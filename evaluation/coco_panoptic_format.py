@@ -155,7 +155,11 @@ def _read_panoptic_png_pillow(source: Union[str, io.BytesIO], path: str, label: 
     return packed & np.uint32(0xFFFFFF)
 
 
-def _atomic_write_bytes(path: str, write_fn) -> None:
+def write_atomically(path: str, write_fn) -> None:
+    """Calls `write_fn(f)` on a binary temporary file beside `path`, then renames it to `path`.
+
+    A reader never sees a partial file under the final name; on failure the temporary file is removed.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
@@ -171,7 +175,7 @@ def _atomic_write_bytes(path: str, write_fn) -> None:
 
 def write_json_atomic(path: str, data) -> None:
     """Writes `data` as JSON to `path` through a temporary file and a rename."""
-    _atomic_write_bytes(path, lambda f: f.write(json.dumps(data).encode('utf-8')))
+    write_atomically(path, lambda f: f.write(json.dumps(data).encode('utf-8')))
 
 
 def categories_from_descriptor(descriptor: DatasetDescriptor) -> List[dict]:
@@ -254,7 +258,7 @@ def write_coco_panoptic(panoptic: np.ndarray, descriptor: DatasetDescriptor, png
     """
     ids, segments = panoptic_to_segments(panoptic, descriptor, instance_scores)
     image = Image.fromarray(id2rgb(ids), mode='RGB')
-    _atomic_write_bytes(png_path, lambda f: image.save(f, format='PNG'))
+    write_atomically(png_path, lambda f: image.save(f, format='PNG'))
     return {'image_id': image_id, 'file_name': os.path.basename(png_path), 'segments_info': segments}
 
 

@@ -40,9 +40,8 @@ def test_read_image_gives_rgb_for_grey_and_rgba_and_rejects_other_formats(tmp_pa
 def test_write_atomically_leaves_nothing_when_the_writer_fails(tmp_path):
     target = tmp_path / 'out' / 'x.png'
 
-    def failing(temp):
-        with open(temp, 'w') as f:
-            f.write('half')
+    def failing(f):
+        f.write(b'half')
         raise RuntimeError('disk full')
 
     with pytest.raises(RuntimeError):

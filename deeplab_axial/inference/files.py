@@ -2,12 +2,13 @@
 
 import glob
 import os
-import tempfile
-from typing import Callable, List
+from typing import List
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from evaluation.coco_panoptic_format import write_atomically
 
 
 def list_inputs(path_or_glob: str) -> List[str]:
@@ -53,32 +54,11 @@ def read_image(path: str) -> np.ndarray:
     return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
 
 
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Calls `write(temp_path)` on a temporary file beside `path`, then renames it to `path`.
-
-    A reader never sees a partial file under the final name; on failure the temporary file is removed.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def save_png(path: str, array: np.ndarray) -> None:
     """Writes a uint8 [height, width] or [height, width, 3] array as PNG, whole or not at all."""
-    write_atomically(path, lambda temp: Image.fromarray(array).save(temp, format='PNG'))
+    write_atomically(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
 
 
 def save_text(path: str, text: str) -> None:
     """Writes a text file, whole or not at all."""
-    def write(temp):
-        with open(temp, 'w') as f:
-            f.write(text)
-    write_atomically(path, write)
+    write_atomically(path, lambda f: f.write(text.encode('utf-8')))
