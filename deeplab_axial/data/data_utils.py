@@ -8,7 +8,7 @@ source PNGs, and decodes back bit-exactly. Records written by deeplab2 (format '
 """
 
 import io
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -58,10 +58,10 @@ def _int64(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-def create_panoptic_example(image_data: bytes, image_format: str, filename: str, height: int, width: int,
-                            panoptic: Optional[np.ndarray]) -> tf.train.Example:
-    """A panoptic tf.train.Example; `panoptic` [height, width] int32 or None (test split without labels)."""
-    feature = {
+def _image_features(image_data: bytes, image_format: str, filename: str, height: int, width: int
+                    ) -> Dict[str, tf.train.Feature]:
+    """The image keys every example carries (deeplab2's names)."""
+    return {
         common.KEY_ENCODED_IMAGE: _bytes(image_data),
         common.KEY_IMAGE_FILENAME: _bytes(filename.encode()),
         common.KEY_IMAGE_FORMAT: _bytes(image_format.encode()),
@@ -69,6 +69,12 @@ def create_panoptic_example(image_data: bytes, image_format: str, filename: str,
         common.KEY_IMAGE_WIDTH: _int64(width),
         common.KEY_IMAGE_CHANNELS: _int64(3),
     }
+
+
+def create_panoptic_example(image_data: bytes, image_format: str, filename: str, height: int, width: int,
+                            panoptic: Optional[np.ndarray]) -> tf.train.Example:
+    """A panoptic tf.train.Example; `panoptic` [height, width] int32 or None (test split without labels)."""
+    feature = _image_features(image_data, image_format, filename, height, width)
     if panoptic is not None:
         if panoptic.shape != (height, width):
             raise ValueError(f'{filename}: label shape {panoptic.shape} differs from image size {(height, width)}')
@@ -80,15 +86,9 @@ def create_panoptic_example(image_data: bytes, image_format: str, filename: str,
 def create_classification_example(image_data: bytes, image_format: str, filename: str, height: int, width: int,
                                   label: int) -> tf.train.Example:
     """A TPU-style ImageNet tf.train.Example (`image/class/label` is 1-based in that format)."""
-    return tf.train.Example(features=tf.train.Features(feature={
-        common.KEY_ENCODED_IMAGE: _bytes(image_data),
-        common.KEY_IMAGE_FILENAME: _bytes(filename.encode()),
-        common.KEY_IMAGE_FORMAT: _bytes(image_format.encode()),
-        common.KEY_IMAGE_HEIGHT: _int64(height),
-        common.KEY_IMAGE_WIDTH: _int64(width),
-        common.KEY_IMAGE_CHANNELS: _int64(3),
-        common.KEY_CLASS_LABEL: _int64(label),
-    }))
+    feature = _image_features(image_data, image_format, filename, height, width)
+    feature[common.KEY_CLASS_LABEL] = _int64(label)
+    return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def read_image_for_record(path: str) -> Tuple[bytes, str, int, int]:
