@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_axial.model.layers.attention_moments import content_moments, relative_counts, relative_moments
+from deeplab_axial.model.layers.fused_batch_norm import FusedBatchNormalization
 from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization, masked_moments
 
 # Relative distances beyond +-(MAX_SPAN - 1) share the last row of the table (deeplab2 clips the same way).
@@ -75,33 +76,32 @@ def _window(length: int, span: Optional[int], block_size: int, max_span: int) ->
 # The relative terms contract each (query, key) pair with its own table row. Written as matmuls batched over the
 # query (or key) position, with that position moved to the leading axis, they run about 1.5-2x faster forward +
 # backward than the equivalent einsums (whose batch axis sits in the middle) under XLA and in graph mode on CPU.
+# Every layout change is a rank-3 transpose of [sequences, positions, ...]: TensorFlow's CPU transposes of the same
+# data run up to 2x slower at rank 5.
+
+def _positions_first(x: tf.Tensor) -> tf.Tensor:
+    """[n, h, i, u, c] -> [u, n * h * i, c]."""
+    return tf.transpose(tf.reshape(x, [-1, x.shape[3], x.shape[4]]), [1, 0, 2])
+
 
 def _query_relative(query: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     """q_o . r_{p-o}: query [n, h, i, u, d], relative [u, w, d] -> [n, h, i, u, w]."""
-    n = tf.shape(query)[0]
-    _, heads, blocks, queries, depth = query.shape
-    q = tf.reshape(tf.transpose(query, [3, 0, 1, 2, 4]), [queries, -1, depth])
-    y = tf.matmul(q, relative, transpose_b=True)  # [u, n*h*i, w]
-    y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[1]])
-    return tf.transpose(y, [1, 2, 3, 0, 4])
+    y = tf.matmul(_positions_first(query), relative, transpose_b=True)  # [u, n*h*i, w]
+    return tf.reshape(tf.transpose(y, [1, 0, 2]), tf.concat([tf.shape(query)[:4], [relative.shape[1]]], 0))
 
 
 def _key_relative(key: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     """k_p . r_{p-o}: key [n, h, i, w, d], relative [u, w, d] -> [n, h, i, u, w]."""
-    n = tf.shape(key)[0]
-    _, heads, blocks, keys, depth = key.shape
-    k = tf.reshape(tf.transpose(key, [3, 0, 1, 2, 4]), [keys, -1, depth])
-    y = tf.matmul(k, tf.transpose(relative, [1, 2, 0]))  # [w, n*h*i, u]
-    y = tf.reshape(y, [keys, n, heads, blocks, relative.shape[0]])
-    return tf.transpose(y, [1, 2, 3, 4, 0])
+    y = tf.matmul(_positions_first(key), tf.transpose(relative, [1, 2, 0]))  # [w, n*h*i, u]
+    shape = tf.concat([tf.shape(key)[:3], [relative.shape[0], key.shape[3]]], 0)
+    return tf.reshape(tf.transpose(y, [1, 2, 0]), shape)
 
 
 def _retrieve_relative(weights: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     """sum_p a_op r_{p-o}: weights [n, h, i, u, w], relative [u, w, d] -> [n, i, u, h, d] (sequence layout)."""
     n = tf.shape(weights)[0]
-    _, heads, blocks, queries, keys = weights.shape
-    a = tf.reshape(tf.transpose(weights, [3, 0, 1, 2, 4]), [queries, -1, keys])
-    y = tf.matmul(a, relative)  # [u, n*h*i, d]
+    _, heads, blocks, queries, _ = weights.shape
+    y = tf.matmul(_positions_first(weights), relative)  # [u, n*h*i, d]
     y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[2]])
     return tf.transpose(y, [1, 3, 0, 2, 4])
 
@@ -177,7 +177,7 @@ class AxialAttention(keras.layers.Layer):
                                                        ('value_rpe', retrieve_value_rpe)) if on]
         bn_args = dict(momentum=bn_momentum, epsilon=bn_epsilon, synchronized=use_sync_batchnorm)
         # === Layers ===
-        self.batch_norm_qkv = keras.layers.BatchNormalization(name='batch_norm_qkv', **bn_args)
+        self.batch_norm_qkv = FusedBatchNormalization(name='batch_norm_qkv', **bn_args)
         # Statistics, scale and shift of the logits and outputs stay float32 under mixed precision.
         self.batch_norm_similarity = TermBatchNormalization(
             len(self._similarity_terms), num_heads, name='batch_norm_similarity', dtype='float32', **bn_args)
@@ -263,7 +263,7 @@ class AxialAttention(keras.layers.Layer):
     def _key_blocks(x: tf.Tensor, geometry: dict, length: int) -> tf.Tensor:
         """[batch, heads, length, depth] -> [batch, heads, blocks, keys, depth]: each block's keys with the halo."""
         if geometry['mask'] is None:
-            return x[:, :, None]
+            return tf.expand_dims(x, 2)
         halo, block, blocks, keys = geometry['halo'], geometry['block'], geometry['blocks'], geometry['keys']
         x = tf.pad(x, [[0, 0], [0, 0], [halo, blocks * block - length + halo], [0, 0]])
         index = (np.arange(blocks)[:, None] * block + np.arange(keys)[None, :]).reshape(-1).astype(np.int32)
@@ -307,7 +307,7 @@ class AxialAttention(keras.layers.Layer):
         # The local content logits have no small-Gram moments: reduce them directly (and reuse them below).
         content_logits = None
         if training and 'content' in self._similarity_terms and 'content' not in similarity_moments:
-            content_logits = tf.cast(tf.einsum('nhiud,nhiwd->nhiuw', query, key), tf.float32)
+            content_logits = tf.cast(tf.matmul(query, key, transpose_b=True), tf.float32)
             similarity_moments['content'] = masked_moments(content_logits, [0, 2, 3, 4], mask,
                                                            batch * geometry['pairs'])
         moments = [similarity_moments[name] for name in self._similarity_terms] if training else []
@@ -322,7 +322,7 @@ class AxialAttention(keras.layers.Layer):
             if name == 'content' and content_logits is not None:
                 term = tf.cast(scale[index], tf.float32) * content_logits
             elif name == 'content':
-                term = tf.einsum('nhiud,nhiwd->nhiuw', scale[index] * query, key)
+                term = tf.matmul(scale[index] * query, key, transpose_b=True)
             elif name == 'query_rpe':
                 term = _query_relative(scale[index] * query, self._relative(self.query_rpe, geometry, dtype))
             else:
@@ -337,18 +337,16 @@ class AxialAttention(keras.layers.Layer):
         outputs = []
         for name in self._retrieval_terms:
             if name == 'content':
-                output = tf.transpose(tf.einsum('nhiuw,nhiwd->nhiud', weights, value), [0, 2, 3, 1, 4])
+                output = tf.transpose(tf.matmul(weights, value), [0, 2, 3, 1, 4])
             else:
                 output = _retrieve_relative(weights, self._relative(self.value_rpe, geometry, dtype))
             output = tf.reshape(output, [tf.shape(output)[0], geometry['blocks'] * geometry['block'],
-                                         self.total_value_depth])[:, :length]
+                                         self.total_value_depth])
+            if geometry['blocks'] * geometry['block'] > length:
+                output = output[:, :length]
             outputs.append(tf.cast(output, tf.float32))
-        moments = [masked_moments(output, [0, 1]) for output in outputs] if training else []
-        scale, shift = self.batch_norm_retrieved_output(moments, training=training)
-        result = tf.reduce_sum(shift, 0) + 0.0 * tf.reduce_sum(similarity_shift)
-        for index, output in enumerate(outputs):
-            result = result + scale[index] * output
-        return result
+        return (self.batch_norm_retrieved_output.normalize_sum(outputs, training=training)
+                + 0.0 * tf.reduce_sum(similarity_shift))
 
     def get_config(self) -> dict:
         config = super().get_config()

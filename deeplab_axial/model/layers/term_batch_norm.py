@@ -3,9 +3,10 @@
 deeplab2 normalises the stacked attention logits with `BatchNormalization(axis=[0, 2])` (one gamma/beta per
 (term, head)) and the stacked retrieved outputs with `axis=[0, 2, 4]` (one per (term, head, channel)). Keras 3's
 `BatchNormalization` takes one axis only, and stacking copies of [batch, heads, length, length] tensors is what makes
-the reference layer slow. This layer therefore keeps the statistics itself: the caller passes each term's batch
-moments (which it can compute on masked, blocked tensors without copies) and gets back a per-(term, channel)
-scale and shift, so that `sum_t scale[t] * x_t + shift` is the sum of the normalised terms. Statistics are float32.
+the reference layer slow. This layer therefore keeps the statistics itself, in two ways: the caller passes each
+term's batch moments (which it can compute on masked, blocked tensors without copies) and gets back a per-(term,
+channel) scale and shift, so that `sum_t scale[t] * x_t + shift` is the sum of the normalised terms; or it passes
+the terms, channels last, to `normalize_sum`, which runs the fused batch-norm kernel on each. Statistics are float32.
 """
 
 from typing import List, Tuple
@@ -69,6 +70,39 @@ class TermBatchNormalization(keras.layers.Layer):
         scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
         shift = self.beta - mean * scale
         return scale, shift
+
+    def normalize_sum(self, terms: List[tf.Tensor], training: bool = False) -> tf.Tensor:
+        """Sum over t of terms[t] normalised per channel (last axis) with term t's statistics; float32.
+
+        Without cross-replica statistics each term goes through TensorFlow's fused batch-norm kernel: one op
+        forward and one backward per term, where moments, scale and shift cost some ten ops each way.
+        """
+        terms = [tf.cast(x, tf.float32) for x in terms]
+        if self.synchronized:
+            moments = [masked_moments(x, list(range(len(x.shape) - 1))) for x in terms] if training else []
+            scale, shift = self(moments, training=training)
+            return tf.reduce_sum(shift, 0) + tf.add_n([scale[t] * x for t, x in enumerate(terms)])
+        outputs, means, variances = [], [], []
+        for t, x in enumerate(terms):
+            flat = tf.reshape(x, [1, -1, 1, self.channels])
+            if training:
+                y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                    x=flat, scale=self.gamma[t], offset=self.beta[t], mean=tf.zeros([0]), variance=tf.zeros([0]),
+                    epsilon=self.epsilon, is_training=True)
+                # The kernel normalises with the biased variance and returns the unbiased one.
+                count = tf.cast(tf.shape(flat)[1], tf.float32)
+                means.append(mean)
+                variances.append(unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0))
+            else:
+                y = tf.raw_ops.FusedBatchNormV3(
+                    x=flat, scale=self.gamma[t], offset=self.beta[t], mean=self.moving_mean[t],
+                    variance=self.moving_variance[t], epsilon=self.epsilon, is_training=False)[0]
+            outputs.append(tf.reshape(y, tf.shape(x)))
+        if training:
+            decay = 1.0 - self.momentum
+            self.moving_mean.assign(self.moving_mean - (self.moving_mean - tf.stack(means)) * decay)
+            self.moving_variance.assign(self.moving_variance - (self.moving_variance - tf.stack(variances)) * decay)
+        return tf.add_n(outputs)
 
     def get_config(self) -> dict:
         config = super().get_config()
