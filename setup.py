@@ -44,10 +44,11 @@ setuptools.setup(
             'grpcio-tools>=1.85,<2',
             'pyspng>=0.1.3,<1',
             'zlib-ng>=1.1.0,<2',
+            'numba>=0.68,<1',
         ],
         'tfds': ['tensorflow-datasets>=4.9,<5'],
-        # Faster PNG decoding for evaluation (libspng, zlib-ng inflate); results are identical without them.
-        'eval': ['pyspng>=0.1.3,<1', 'zlib-ng>=1.1.0,<2'],
+        # Faster evaluation (libspng and zlib-ng PNG decoding, a compiled overlap count); identical results without.
+        'eval': ['pyspng>=0.1.3,<1', 'zlib-ng>=1.1.0,<2', 'numba>=0.68,<1'],
         'bench': ['hotcoco>=1.3,<2'],
     },
 )

@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, TextIO
 
 from evaluation.coco_panoptic_format import load_panoptic_json, read_panoptic_png, write_json_atomic
 from evaluation.panoptic_evaluator import METRICS, PanopticEvaluator
-from evaluation.segment_overlap import SegmentOverlap, compute_overlap
+from evaluation.segment_overlap import SegmentOverlap, compile_for_png_ids, compute_overlap
 
 
 def _pairs(gt: dict, pred: dict) -> List[tuple]:
@@ -73,6 +73,7 @@ def _overlaps(pairs: List[tuple], gt_folder: str, pred_folder: str, categories: 
         yield from (_overlap(pair, gt_folder, pred_folder, categories) for pair in pairs)
         return
     job = (pairs, gt_folder, pred_folder, categories)
+    compile_for_png_ids()
     with multiprocessing.get_context('fork').Pool(min(workers, len(pairs)), _init_worker, (job,)) as pool:
         # A result is a few small arrays and this process only adds them up, so the queue ahead stays short.
         yield from pool.imap(_overlap_of, range(len(pairs)), chunksize=4)
