@@ -315,9 +315,11 @@ class AxialAttention(keras.layers.Layer):
         # Each term's per-head scale multiplies its query- or key-side operand, not the [.., L, L] logits, so that
         # no full-size product or (in the backward pass) full-size reduction is spent on it. The summed shift is
         # the same for every key of a query: it cancels in the softmax and its exact gradient is zero, so it only
-        # enters with weight 0 (below), which gives the shift's variables that zero gradient instead of None.
+        # enters with weight 0, on the small scale tensor, which gives the shift's variables that zero gradient
+        # instead of None.
+        scale = scale + 0.0 * tf.reduce_sum(similarity_shift)
         scale = tf.cast(scale, dtype)[:, :, None, None, None]
-        logits = 0.0
+        terms = []
         for index, name in enumerate(self._similarity_terms):
             if name == 'content' and content_logits is not None:
                 term = tf.cast(scale[index], tf.float32) * content_logits
@@ -327,7 +329,8 @@ class AxialAttention(keras.layers.Layer):
                 term = _query_relative(scale[index] * query, self._relative(self.query_rpe, geometry, dtype))
             else:
                 term = _key_relative(scale[index] * key, self._relative(self.key_rpe, geometry, dtype))
-            logits = logits + tf.cast(term, tf.float32)
+            terms.append(tf.cast(term, tf.float32))
+        logits = tf.add_n(terms)
         if mask is not None:
             logits = logits + (1.0 - mask) * _MASKED_LOGIT
         weights = tf.cast(tf.nn.softmax(logits, axis=-1), dtype)
@@ -345,8 +348,7 @@ class AxialAttention(keras.layers.Layer):
             if geometry['blocks'] * geometry['block'] > length:
                 output = output[:, :length]
             outputs.append(tf.cast(output, tf.float32))
-        return (self.batch_norm_retrieved_output.normalize_sum(outputs, training=training)
-                + 0.0 * tf.reduce_sum(similarity_shift))
+        return self.batch_norm_retrieved_output.normalize_sum(outputs, training=training)
 
     def get_config(self) -> dict:
         config = super().get_config()
