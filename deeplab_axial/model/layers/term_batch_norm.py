@@ -14,6 +14,8 @@ from typing import List, Tuple
 import keras
 import tensorflow as tf
 
+from deeplab_axial.model.layers.fused_batch_norm import fused_batch_norm
+
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
 class TermBatchNormalization(keras.layers.Layer):
@@ -84,20 +86,11 @@ class TermBatchNormalization(keras.layers.Layer):
             return tf.reduce_sum(shift, 0) + tf.add_n([scale[t] * x for t, x in enumerate(terms)])
         outputs, means, variances = [], [], []
         for t, x in enumerate(terms):
-            flat = tf.reshape(x, [1, -1, 1, self.channels])
-            if training:
-                y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                    x=flat, scale=self.gamma[t], offset=self.beta[t], mean=tf.zeros([0]), variance=tf.zeros([0]),
-                    epsilon=self.epsilon, is_training=True)
-                # The kernel normalises with the biased variance and returns the unbiased one.
-                count = tf.cast(tf.shape(flat)[1], tf.float32)
-                means.append(mean)
-                variances.append(unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0))
-            else:
-                y = tf.raw_ops.FusedBatchNormV3(
-                    x=flat, scale=self.gamma[t], offset=self.beta[t], mean=self.moving_mean[t],
-                    variance=self.moving_variance[t], epsilon=self.epsilon, is_training=False)[0]
-            outputs.append(tf.reshape(y, tf.shape(x)))
+            statistics = () if training else (self.moving_mean[t], self.moving_variance[t])
+            y, mean, variance = fused_batch_norm(x, self.gamma[t], self.beta[t], self.epsilon, *statistics)
+            outputs.append(y)
+            means.append(mean)
+            variances.append(variance)
         if training:
             decay = 1.0 - self.momentum
             self.moving_mean.assign(self.moving_mean - (self.moving_mean - tf.stack(means)) * decay)
