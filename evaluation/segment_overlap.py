@@ -102,7 +102,7 @@ def _pair_counts_numpy(gt_flat: np.ndarray, pred_flat: np.ndarray, columns: int,
     return np.bincount(key, minlength=size)
 
 
-def _count_pairs(gt_ids, pred_ids, gt_table, pred_table, columns, counts):  # pragma: no cover (compiled)
+def _count_pairs(gt_ids, pred_ids, gt_table, pred_table, columns, counts):
     """counts[gt_table[g] * columns + pred_table[p]] += 1 over the pixels, a run of equal pairs at a time.
 
     Returns -1, or the index of the first pixel with an id outside the tables (nothing is read out of bounds).
