@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab_axial import vis
-from deeplab_axial.data import dataset
+from deeplab_axial.data import dataset, panoptic_ids
 from evaluation import coco_panoptic_format
 
 
@@ -51,7 +51,7 @@ def main():
     panoptic = _scene(rng, args.height, args.width, descriptor)
     image = rng.integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     colours = rng.integers(0, 256, size=image.shape, dtype=np.uint8)
-    rgb = coco_panoptic_format.id2rgb(coco_panoptic_format.panoptic_to_segments(panoptic, descriptor)[0])
+    rgb = panoptic_ids.id_to_rgb(coco_panoptic_format.panoptic_to_segments(panoptic, descriptor)[0])
 
     blend = _median_seconds(lambda: np.round(0.5 * image + 0.5 * colours).astype(np.uint8), args.repeats)
     png = _median_seconds(lambda: Image.fromarray(rgb).save(io.BytesIO(), format='PNG'), args.repeats)

@@ -35,16 +35,11 @@ except ImportError:
     zlib_ng = None
 
 from deeplab_axial.data.dataset import DatasetDescriptor
+from deeplab_axial.data.panoptic_ids import MAX_PACKED_ID, id_to_rgb
 
 # Segment id 0 is void in both COCO and Cityscapes panoptic PNGs.
 VOID_ID = 0
-MAX_SEGMENT_ID = 256 ** 3
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """[height, width] segment ids -> [height, width, 3] uint8."""
-    ids = np.asarray(ids, dtype=np.uint32)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+MAX_SEGMENT_ID = MAX_PACKED_ID
 
 
 def read_panoptic_png(path: str, image_name: str = '') -> np.ndarray:
@@ -257,7 +252,7 @@ def write_coco_panoptic(panoptic: np.ndarray, descriptor: DatasetDescriptor, png
       {'image_id', 'file_name', 'segments_info'}, ready for `write_panoptic_json`.
     """
     ids, segments = panoptic_to_segments(panoptic, descriptor, instance_scores)
-    image = Image.fromarray(id2rgb(ids), mode='RGB')
+    image = Image.fromarray(id_to_rgb(ids), mode='RGB')
     write_atomically(png_path, lambda f: image.save(f, format='PNG'))
     return {'image_id': image_id, 'file_name': os.path.basename(png_path), 'segments_info': segments}
 

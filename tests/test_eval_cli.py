@@ -13,7 +13,7 @@ from PIL import Image
 
 from deeplab_axial.data import dataset
 from evaluation import evaluate as cli
-from evaluation.coco_panoptic_format import id2rgb
+from deeplab_axial.data.panoptic_ids import id_to_rgb
 from evaluation.synthetic_panoptic import random_panoptic_pair, write_panoptic_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +97,7 @@ def _corrupt_size(paths):
 def _corrupt_id_not_in_json(paths):
     path = _png(paths, 'pred', 1)
     rgb = np.asarray(Image.open(path)).copy()
-    rgb[0, 0] = id2rgb(np.array(12345))
+    rgb[0, 0] = id_to_rgb(np.array(12345))
     Image.fromarray(rgb).save(path)
 
 
@@ -135,7 +135,7 @@ def _corrupt_no_prediction(paths):
 def _corrupt_gt_id_not_in_json(paths):
     path = _png(paths, 'gt', 1)
     rgb = np.asarray(Image.open(path)).copy()
-    rgb[1, 1] = id2rgb(np.array(777))
+    rgb[1, 1] = id_to_rgb(np.array(777))
     Image.fromarray(rgb).save(path)
 
 
@@ -173,7 +173,7 @@ def test_last_crowd_segment_of_a_category_is_the_crowd_region(tmp_path):
     root = tmp_path / 'crowd'
     for role, ids in (('gt', gt_ids), ('pred', pred_ids)):
         (root / role).mkdir(parents=True)
-        Image.fromarray(id2rgb(ids)).save(root / role / 'a.png')
+        Image.fromarray(id_to_rgb(ids)).save(root / role / 'a.png')
     categories = [{'id': 1, 'name': 'person', 'isthing': 1}, {'id': 2, 'name': 'sky', 'isthing': 0}]
     gt = {'annotations': [{'image_id': 'a', 'file_name': 'a.png', 'segments_info': [
         {'id': 10, 'category_id': 1, 'iscrowd': 1, 'area': 16}, {'id': 11, 'category_id': 1, 'iscrowd': 1,

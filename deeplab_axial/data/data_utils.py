@@ -15,26 +15,11 @@ from PIL import Image
 import tensorflow as tf
 
 from deeplab_axial import common
+from deeplab_axial.data.panoptic_ids import id_to_rgb, rgb_to_id
 
 # Label format values of `common.KEY_LABEL_FORMAT`.
 PANOPTIC_PNG_FORMAT = 'panoptic_rgb_png'
 RAW_INT32_FORMAT = 'raw'
-_MAX_PACKED_ID = 2 ** 24
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8 colours -> [H, W] int32 ids, id = R + 256 * G + 65536 * B."""
-    rgb = rgb.astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """[H, W] non-negative ids below 2^24 -> [H, W, 3] uint8 colours (inverse of `rgb_to_id`)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= _MAX_PACKED_ID):
-        raise ValueError(f'Panoptic ids must lie in [0, 2^24) to be PNG-packed. Received range '
-                         f'[{ids.min()}, {ids.max()}]')
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
 def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
