@@ -4,19 +4,24 @@ Times the colour overlay and the COCO panoptic conversion (evaluation.coco_panop
 in the same process: a plain numpy alpha blend of the same size (the least any overlay costs) and PNG encoding of
 the segment-id image (what writing it costs anyway). Prints medians and ratios; the numbers depend on the machine.
 
-    PYTHONPATH=. python benchmarks/bench_predict_outputs.py [--height 1024 --width 2048 --repeats 5]
+    python benchmarks/bench_predict_outputs.py [--height 1024 --width 2048 --repeats 5]
 """
 
 import argparse
 import io
+import os
+import sys
 import time
 
 import numpy as np
 from PIL import Image
 
-from deeplab_axial import vis
-from deeplab_axial.data import dataset, panoptic_ids
-from evaluation import coco_panoptic_format
+# The repository first: this folder's evaluation.py would otherwise shadow the `evaluation` package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from deeplab_axial import vis  # noqa: E402
+from deeplab_axial.data import dataset, panoptic_ids  # noqa: E402
+from evaluation import coco_panoptic_format  # noqa: E402
 
 
 def _median_seconds(fn, repeats):
