@@ -141,3 +141,14 @@ def test_finished_shards_are_not_rewritten_and_failed_ones_leave_nothing(coco_ro
     with pytest.raises(ValueError, match='bad item 3'):
         shard_writer.write_sharded_tfrecords([1, 2, 3, 4], failing, str(tmp_path / 'w'), 'train', 2, num_workers=2)
     assert os.listdir(tmp_path / 'w') == ['train-00000-of-00002.tfrecord']  # no temp file, no partial shard
+
+
+def test_label_and_image_of_different_sizes_name_both_files(tmp_path):
+    image_path = str(tmp_path / 'img.png')
+    png_path = str(tmp_path / 'label.png')
+    data_fixtures.write_image(image_path, np.zeros((4, 6, 3), np.uint8), 'PNG')
+    data_fixtures.write_image(png_path, data_fixtures.packed_png(np.full((3, 6), 7)), 'PNG')
+    segments = [{'id': 7, 'category_id': data_fixtures.COCO_WALL, 'iscrowd': 0}]
+    with pytest.raises(ValueError, match=r'label\.png: size \(3, 6\) differs from image .*img\.png size \(4, 6\)'):
+        build_coco_data.panoptic_example(image_path, png_path, 'img', segments, data_fixtures.CONTIGUOUS, set(),
+                                         1000, 0)

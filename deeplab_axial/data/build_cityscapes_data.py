@@ -23,7 +23,6 @@ from absl import flags
 from absl import logging
 
 from deeplab_axial.data import build_coco_data
-from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
 from deeplab_axial.data import shard_writer
 
@@ -49,17 +48,12 @@ def convert_split(cityscapes_root: str, output_dir: str, split: str, num_shards:
         image_id = ann['image_id']
         city = image_id.split('_')[0]
         image_path = os.path.join(cityscapes_root, 'leftImg8bit', split, city, f'{image_id}_leftImg8bit.png')
-        image_data, image_format, height, width = data_utils.read_image_for_record(image_path)
-        png_path = os.path.join(png_dir, ann['file_name'])
         segments, mapping = ann['segments_info'], id_mapping
         if treat_crowd_as_ignore:  # A crowd segment becomes a segment of the void class.
             segments = [dict(s, category_id=ignore) if s.get('iscrowd') else s for s in segments]
             mapping = {**id_mapping, ignore: ignore}
-        panoptic = build_coco_data.panoptic_label_from_png(png_path, segments, mapping, thing_ids, divisor, ignore)
-        if panoptic.shape != (height, width):
-            raise ValueError(f'{png_path}: size {panoptic.shape} differs from image {image_path} size '
-                             f'{(height, width)}')
-        return data_utils.create_panoptic_example(image_data, image_format, image_id, height, width, panoptic)
+        return build_coco_data.panoptic_example(image_path, os.path.join(png_dir, ann['file_name']), image_id,
+                                                segments, mapping, thing_ids, divisor, ignore)
 
     return shard_writer.write_sharded_tfrecords(data['annotations'], make_example, output_dir, split, num_shards,
                                                 num_workers)

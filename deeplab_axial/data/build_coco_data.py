@@ -16,7 +16,7 @@ Usage:
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 from absl import app
 from absl import flags
@@ -85,6 +85,18 @@ def panoptic_label_from_png(png_path: str, segments_info: Sequence[dict], id_map
     return panoptic
 
 
+def panoptic_example(image_path: str, png_path: str, name: str, segments_info: Sequence[dict],
+                     id_mapping: Dict[int, int], thing_ids: Set[int], label_divisor: int,
+                     ignore_label: int) -> tf.train.Example:
+    """One image and its panoptic PNG (see `panoptic_label_from_png`) as a TFExample; their sizes must agree."""
+    image_data, image_format, height, width = data_utils.read_image_for_record(image_path)
+    panoptic = panoptic_label_from_png(png_path, segments_info, id_mapping, thing_ids, label_divisor, ignore_label)
+    if panoptic.shape != (height, width):
+        raise ValueError(f'{png_path}: size {panoptic.shape} differs from image {image_path} size '
+                         f'{(height, width)}')
+    return data_utils.create_panoptic_example(image_data, image_format, name, height, width, panoptic)
+
+
 def convert_split(coco_root: str, output_dir: str, split: str, num_shards: int = 1000, num_workers: int = 4,
                   dataset_name: Optional[str] = None) -> List[str]:
     """Converts split `split` ('train' or 'val') of a COCO-layout panoptic dataset; returns the shard paths.
@@ -117,16 +129,9 @@ def convert_split(coco_root: str, output_dir: str, split: str, num_shards: int =
 
     def make_example(item):
         image_info, ann = item
-        image_path = os.path.join(image_dir, image_info['file_name'])
-        image_data, image_format, height, width = data_utils.read_image_for_record(image_path)
-        png_path = os.path.join(png_dir, ann['file_name'])
-        panoptic = panoptic_label_from_png(png_path, ann['segments_info'], id_mapping, thing_ids, _LABEL_DIVISOR,
-                                           _IGNORE_LABEL)
-        if panoptic.shape != (height, width):
-            raise ValueError(f'{png_path}: size {panoptic.shape} differs from image {image_path} size '
-                             f'{(height, width)}')
-        name = os.path.splitext(image_info['file_name'])[0]
-        return data_utils.create_panoptic_example(image_data, image_format, name, height, width, panoptic)
+        return panoptic_example(os.path.join(image_dir, image_info['file_name']),
+                                os.path.join(png_dir, ann['file_name']), os.path.splitext(image_info['file_name'])[0],
+                                ann['segments_info'], id_mapping, thing_ids, _LABEL_DIVISOR, _IGNORE_LABEL)
 
     return shard_writer.write_sharded_tfrecords(items, make_example, output_dir, split, num_shards, num_workers)
 
