@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_axial.model.layers import batch_matmul
 from deeplab_axial.model.layers.attention_moments import content_moments, relative_counts, relative_moments
 from deeplab_axial.model.layers.fused_batch_norm import FusedBatchNormalization
 from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization, masked_moments
@@ -88,13 +89,13 @@ def _positions_first(x: tf.Tensor) -> tf.Tensor:
 
 def _query_relative(query: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     """q_o . r_{p-o}: query [n, h, i, u, d], relative [u, w, d] -> [n, h, i, u, w]."""
-    y = tf.matmul(_positions_first(query), relative, transpose_b=True)  # [u, n*h*i, w]
+    y = batch_matmul.matmul(_positions_first(query), relative, transpose_b=True)  # [u, n*h*i, w]
     return tf.reshape(tf.transpose(y, [1, 0, 2]), tf.concat([tf.shape(query)[:4], [relative.shape[1]]], 0))
 
 
 def _key_relative(key: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     """k_p . r_{p-o}: key [n, h, i, w, d], relative [u, w, d] -> [n, h, i, u, w]."""
-    y = tf.matmul(_positions_first(key), tf.transpose(relative, [1, 2, 0]))  # [w, n*h*i, u]
+    y = batch_matmul.matmul(_positions_first(key), tf.transpose(relative, [1, 2, 0]))  # [w, n*h*i, u]
     shape = tf.concat([tf.shape(key)[:3], [relative.shape[0], key.shape[3]]], 0)
     return tf.reshape(tf.transpose(y, [1, 2, 0]), shape)
 
@@ -103,7 +104,7 @@ def _retrieve_relative(weights: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     """sum_p a_op r_{p-o}: weights [n, h, i, u, w], relative [u, w, d] -> [n, i, u, h, d] (sequence layout)."""
     n = tf.shape(weights)[0]
     _, heads, blocks, queries, _ = weights.shape
-    y = tf.matmul(_positions_first(weights), relative)  # [u, n*h*i, d]
+    y = batch_matmul.matmul(_positions_first(weights), relative)  # [u, n*h*i, d]
     y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[2]])
     return tf.transpose(y, [1, 3, 0, 2, 4])
 
@@ -309,7 +310,7 @@ class AxialAttention(keras.layers.Layer):
         # The local content logits have no small-Gram moments: reduce them directly (and reuse them below).
         content_logits = None
         if training and 'content' in self._similarity_terms and 'content' not in similarity_moments:
-            content_logits = tf.cast(tf.matmul(query, key, transpose_b=True), tf.float32)
+            content_logits = tf.cast(batch_matmul.matmul(query, key, transpose_b=True), tf.float32)
             similarity_moments['content'] = masked_moments(content_logits, [0, 2, 3, 4], mask,
                                                            batch * geometry['pairs'])
         moments = [similarity_moments[name] for name in self._similarity_terms] if training else []
@@ -355,7 +356,7 @@ class AxialAttention(keras.layers.Layer):
             if name == 'content' and content_logits is not None:
                 term = tf.cast(scale[index], tf.float32) * content_logits
             elif name == 'content':
-                term = tf.matmul(scale[index] * query, key, transpose_b=True)
+                term = batch_matmul.matmul(scale[index] * query, key, transpose_b=True)
             elif name == 'query_rpe':
                 term = _query_relative(scale[index] * query, relative['query_rpe'])
             else:
@@ -371,7 +372,7 @@ class AxialAttention(keras.layers.Layer):
         outputs = []
         for name in self._retrieval_terms:
             if name == 'content':
-                output = tf.transpose(tf.matmul(weights, value), [0, 2, 3, 1, 4])
+                output = tf.transpose(batch_matmul.matmul(weights, value), [0, 2, 3, 1, 4])
             else:
                 output = _retrieve_relative(weights, relative['value_rpe'])
             channels = query.shape[1] * self.total_value_depth // self.num_heads
