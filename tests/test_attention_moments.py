@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from deeplab_axial.model.layers.attention_moments import content_moments, relative_moments
 from deeplab_axial.model.layers.axial_attention import _window
@@ -52,3 +53,51 @@ def test_relative_moments_match_direct_reduction(rng, length, span, block_size, 
     got = relative_moments(x, table, geometry['count_rows'], geometry[f'{term}_counts'], geometry['pairs'])
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g.numpy(), e, rtol=1e-5, atol=1e-6)
+
+
+def _gradients(moments_fn, inputs, upstream):
+    """Gradients of upstream . (mean, mean of squares) with respect to `inputs` (float64 tensors)."""
+    inputs = [tf.constant(x) for x in inputs]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        mean, mean_square = moments_fn(*inputs)
+        loss = tf.reduce_sum(mean * upstream[0]) + tf.reduce_sum(mean_square * upstream[1])
+    return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, inputs)]
+
+
+def _direct_moments_tf(logits, valid):
+    """`_direct_moments` in TensorFlow, differentiated by TensorFlow: the independent reference for the gradients."""
+    values = tf.boolean_mask(tf.transpose(logits, [2, 3, 1, 0]), valid)  # [valid pairs, heads, batch]
+    return tf.reduce_mean(values, [0, 2]), tf.reduce_mean(tf.square(values), [0, 2])
+
+
+def test_content_moment_gradients_match_differentiated_direct_reduction(rng):
+    query = rng.normal(0.3, 1.0, (3, 2, 9, 4))
+    key = rng.normal(-0.2, 1.5, (3, 2, 7, 4))
+    upstream = rng.normal(size=(2, 2))
+    got = _gradients(lambda q, k: content_moments(tf.cast(q, tf.float32), tf.cast(k, tf.float32)),
+                     [query, key], upstream.astype(np.float32))
+    expected = _gradients(lambda q, k: _direct_moments_tf(tf.einsum('nhod,nhpd->nhop', q, k), np.ones((9, 7), bool)),
+                          [query, key], upstream)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('length, span, block_size, max_span', [(11, None, 64, 255), (13, 7, 5, 2)])
+@pytest.mark.parametrize('term', ['query', 'key'])
+def test_relative_moment_gradients_match_differentiated_direct_reduction(rng, length, span, block_size,
+                                                                          max_span, term):
+    geometry = _window(length, span, block_size, max_span)
+    x = rng.normal(0.4, 1.0, (2, 3, length, 4))
+    table = rng.normal(0.1, 0.7, (2 * max_span - 1, 4))
+    upstream = rng.normal(size=(2, 3))
+    local_span = None if span is None or span >= length else span
+    valid, rows = _pairs(length, local_span, max_span)
+    equation = 'nhod,opd->nhop' if term == 'query' else 'nhpd,opd->nhop'
+    got = _gradients(lambda x, t: relative_moments(tf.cast(x, tf.float32), tf.cast(t, tf.float32),
+                                                   geometry['count_rows'], geometry[f'{term}_counts'],
+                                                   geometry['pairs']), [x, table], upstream.astype(np.float32))
+    expected = _gradients(lambda x, t: _direct_moments_tf(tf.einsum(equation, x, tf.gather(t, rows)), valid),
+                          [x, table], upstream)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)

@@ -58,11 +58,30 @@ def content_moments(query: tf.Tensor, key: tf.Tensor) -> Tuple[tf.Tensor, tf.Ten
     """
     query, key = tf.cast(query, tf.float32), tf.cast(key, tf.float32)
     count = tf.cast(tf.shape(query)[0], tf.float32) * float(query.shape[2] * key.shape[2])
-    total = tf.reduce_sum(tf.reduce_sum(query, 2) * tf.reduce_sum(key, 2), [0, 2])
+    total, squares = _content_sums(query, key)
+    return total / count, squares / count
+
+
+@tf.custom_gradient
+def _content_sums(query: tf.Tensor, key: tf.Tensor):
+    """Per head, sum_{n,o,p} q_o . k_p and sum_{n,o,p} (q_o . k_p)^2 from [batch, heads, length, depth] q and k.
+
+    The gradient is written out: d/dq_o = c1 K_sum + 2 c2 (K^T K) q_o, one product and one broadcast add, where
+    automatic differentiation spends two products, a tile of the sum's gradient and two additions on each operand.
+    """
+    query_sum, key_sum = tf.reduce_sum(query, 2), tf.reduce_sum(key, 2)  # [batch, heads, depth]
     query_gram = tf.matmul(query, query, transpose_a=True)  # [batch, heads, depth, depth]
     key_gram = tf.matmul(key, key, transpose_a=True)
+    total = tf.reduce_sum(query_sum * key_sum, [0, 2])
     squares = tf.reduce_sum(query_gram * key_gram, [0, 2, 3])
-    return total / count, squares / count
+
+    def grad(d_total, d_squares):
+        d_total, d_squares = d_total[None, :, None], 2.0 * d_squares[None, :, None, None]
+
+        def operand_grad(x, other_sum, other_gram):
+            return tf.matmul(x, d_squares * other_gram) + (d_total * other_sum)[:, :, None, :]
+        return operand_grad(query, key_sum, key_gram), operand_grad(key, query_sum, query_gram)
+    return (total, squares), grad
 
 
 def relative_moments(x: tf.Tensor, table: tf.Tensor, rows: np.ndarray, counts: np.ndarray,
@@ -87,9 +106,27 @@ def relative_moments(x: tf.Tensor, table: tf.Tensor, rows: np.ndarray, counts: n
     outer = tf.reshape(used[:, :, None] * used[:, None, :], [-1, depth * depth])
     second = tf.reshape(tf.matmul(counts, outer), [-1, depth, depth])  # M_s: [length, depth, depth]
     count = tf.cast(tf.shape(x)[0], tf.float32) * float(pairs)
-    total = tf.reduce_sum(tf.reduce_sum(x, 0) * first, [1, 2])
-    # sum_n x x^T per (head, position): position-batched [heads*, depth, batch] x [batch, depth] products.
-    per_position = tf.transpose(x, [1, 2, 3, 0])  # [heads, length, depth, batch]
-    gram = tf.matmul(per_position, per_position, transpose_b=True)  # [heads, length, depth, depth]
-    squares = tf.reduce_sum(gram * second, [1, 2, 3])
+    # Per (head, position), the batch as the last axis: sum_n x x^T is then a [depth, batch] x [batch, depth] product.
+    total, squares = _relative_sums(tf.transpose(x, [1, 2, 3, 0]), first, second)
     return total / count, squares / count
+
+
+@tf.custom_gradient
+def _relative_sums(x: tf.Tensor, first: tf.Tensor, second: tf.Tensor):
+    """Per head, sum_{n,s} x_s . R_s and sum_{n,s} x_s^T M_s x_s from x [heads, length, depth, batch].
+
+    The gradient is written out: d/dx_s = c1 R_s + 2 c2 M_s x_s (M_s is symmetric), one product and one broadcast
+    add, where automatic differentiation spends two products, a tile of the sum's gradient and two additions.
+    """
+    x_sum = tf.reduce_sum(x, -1)  # [heads, length, depth]
+    gram = tf.matmul(x, x, transpose_b=True)  # [heads, length, depth, depth]
+    total = tf.reduce_sum(x_sum * first, [1, 2])
+    squares = tf.reduce_sum(gram * second, [1, 2, 3])
+
+    def grad(d_total, d_squares):
+        d_x = (tf.matmul(2.0 * d_squares[:, None, None, None] * second, x)
+               + d_total[:, None, None, None] * first[None, :, :, None])
+        d_first = tf.tensordot(d_total, x_sum, 1)
+        d_second = tf.tensordot(d_squares, gram, 1)
+        return d_x, d_first, d_second
+    return (total, squares), grad
