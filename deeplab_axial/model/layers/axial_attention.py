@@ -79,8 +79,8 @@ def _window(length: int, span: Optional[int], block_size: int, max_span: int) ->
 # The relative terms contract each (query, key) pair with its own table row. Written as matmuls batched over the
 # query (or key) position, with that position moved to the leading axis, they run about 1.5-2x faster forward +
 # backward than the equivalent einsums (whose batch axis sits in the middle) under XLA and in graph mode on CPU.
-# Every layout change is a rank-3 transpose of [sequences, positions, ...]: TensorFlow's CPU transposes of the same
-# data run up to 2x slower at rank 5.
+# The products' operand and result layout changes are rank-3 transposes of [sequences, positions, ...]: TensorFlow's
+# CPU transposes of the same data run up to 2x slower at rank 5.
 
 def _positions_first(x: tf.Tensor) -> tf.Tensor:
     """[n, h, i, u, c] -> [u, n * h * i, c]."""
@@ -94,9 +94,9 @@ def _query_relative(query: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
 
 
 def _key_relative(key: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
-    """k_p . r_{p-o}: key [n, h, i, w, d], relative [u, w, d] -> [n, h, i, u, w]."""
-    y = batch_matmul.matmul(_positions_first(key), tf.transpose(relative, [1, 2, 0]))  # [w, n*h*i, u]
-    shape = tf.concat([tf.shape(key)[:3], [relative.shape[0], key.shape[3]]], 0)
+    """k_p . r_{p-o}: key [n, h, i, w, d], relative as [w, d, u] -> [n, h, i, u, w]."""
+    y = batch_matmul.matmul(_positions_first(key), relative)  # [w, n*h*i, u]
+    shape = tf.concat([tf.shape(key)[:3], [relative.shape[2], key.shape[3]]], 0)
     return tf.reshape(tf.transpose(y, [1, 2, 0]), shape)
 
 
@@ -331,6 +331,8 @@ class AxialAttention(keras.layers.Layer):
         relative = {name: self._relative(getattr(self, name), geometry, dtype) for name, used in (
             ('query_rpe', self.use_query_rpe_similarity), ('key_rpe', self.use_key_rpe_similarity),
             ('value_rpe', self.retrieve_value_rpe)) if used}
+        if 'key_rpe' in relative:  # In the layout of the key term's product, once for all head groups.
+            relative['key_rpe'] = tf.transpose(relative['key_rpe'], [1, 2, 0])
         outputs = [self._attend_heads(*group, relative, mask, geometry, length) for group in per_group]
         outputs = [tf.concat(parts, -1) if groups > 1 else parts[0] for parts in zip(*outputs)]
         return self.batch_norm_retrieved_output.normalize_sum(outputs, training=training)
@@ -344,7 +346,8 @@ class AxialAttention(keras.layers.Layer):
           query, key, value: the group's blocked q [n, h, i, u, dk], k [n, h, i, w, dk], v [n, h, i, w, dv].
           scale: the group's per-(term, head) logit scales, [terms, h, 1, 1, 1].
           content_logits: the group's unscaled float32 content logits when already computed, else None.
-          relative: the gathered [queries, keys, depth] slice of each relative table, by table name.
+          relative: the gathered [queries, keys, depth] slice of each relative table, by table name; the key
+            table's as [keys, depth, queries].
           mask: the [blocks, block, keys] validity mask of a local span, else None.
 
         Returns:
