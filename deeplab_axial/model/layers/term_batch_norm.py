@@ -63,9 +63,7 @@ class TermBatchNormalization(keras.layers.Layer):
             if self.synchronized:
                 mean, mean_square = _replica_mean(mean, mean_square)
             variance = tf.nn.relu(mean_square - tf.square(mean))
-            decay = 1.0 - self.momentum
-            self.moving_mean.assign(self.moving_mean - (self.moving_mean - mean) * decay)
-            self.moving_variance.assign(self.moving_variance - (self.moving_variance - variance) * decay)
+            self._record(mean, variance)
         else:
             mean = tf.convert_to_tensor(self.moving_mean)
             variance = tf.convert_to_tensor(self.moving_variance)
@@ -92,10 +90,14 @@ class TermBatchNormalization(keras.layers.Layer):
             means.append(mean)
             variances.append(variance)
         if training:
-            decay = 1.0 - self.momentum
-            self.moving_mean.assign(self.moving_mean - (self.moving_mean - tf.stack(means)) * decay)
-            self.moving_variance.assign(self.moving_variance - (self.moving_variance - tf.stack(variances)) * decay)
+            self._record(tf.stack(means), tf.stack(variances))
         return tf.add_n(outputs)
+
+    def _record(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
+        """Moves the inference statistics towards this batch's [num_terms, channels] mean and (biased) variance."""
+        decay = 1.0 - self.momentum
+        self.moving_mean.assign(self.moving_mean - (self.moving_mean - mean) * decay)
+        self.moving_variance.assign(self.moving_variance - (self.moving_variance - variance) * decay)
 
     def get_config(self) -> dict:
         config = super().get_config()
