@@ -16,6 +16,7 @@ from google.protobuf import text_format
 from deeplab_axial.data import dataset as dataset_lib
 from deeplab_axial.protos import config_pb2
 from deeplab_axial.protos import dataset_pb2
+from deeplab_axial.protos import evaluator_pb2
 
 _PLACEHOLDER = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}')
 
@@ -322,6 +323,11 @@ def _check_evaluator(c: _Checker, evaluator) -> None:
               f'{prefix}.eval_scales must be positive. Received: {list(evaluator.eval_scales)}')
     c.require(evaluator.eval_interval > 0, f'{prefix}.eval_interval must be positive. Received: '
               f'{evaluator.eval_interval}')
+
+
+def eval_scales(evaluator: evaluator_pb2.EvaluatorOptions) -> Tuple[float, ...]:
+    """evaluator_options.eval_scales, or (1.0,) when the field is empty (deeplab2's default)."""
+    return tuple(evaluator.eval_scales) or (1.0,)
 
 
 def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dict[str, dataset_lib.DatasetDescriptor]:

@@ -7,6 +7,8 @@ import tensorflow as tf
 from deeplab_axial import common
 from deeplab_axial.data import dataset
 from deeplab_axial.inference import checkpoint_runner, multi_scale
+from deeplab_axial.model import inference
+from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 
 
 def _per_pixel_model(images):
@@ -88,6 +90,117 @@ def test_classification_logits_average_as_probabilities(rng):
     out = multi_scale.multi_scale_predict(model, images, scales=(1.0, 0.5))
     expected = (_softmax(np.array([[2.0, 0, 0], [0, 1.0, 0]])) + _softmax(np.array([[0, 0, 2.0], [0, 1.0, 0]]))) / 2
     np.testing.assert_allclose(tf.nn.softmax(out[common.PRED_LOGITS_KEY]), expected, rtol=1e-5)
+
+
+def _constant_offset_model(images):
+    """Pointwise model: logits from the colour, heatmap = red / 255, offsets (dy, dx) = (1, 2) of its own pixels."""
+    shape = tf.shape(images)
+    return {
+        common.PRED_SEMANTIC_LOGITS_KEY: images / 50.0,
+        common.PRED_CENTER_HEATMAP_KEY: images[..., 0] / 255.0,
+        common.PRED_OFFSET_MAP_KEY: tf.ones([shape[0], shape[1], shape[2], 2]) * tf.constant([1.0, 2.0]),
+    }
+
+
+def _recording(model, sizes):
+    def run(images):
+        sizes.append(tuple(int(s) for s in images.shape[1:3]))
+        return model(images)
+    return run
+
+
+def test_scaled_size_keeps_stride_aligned_crops():
+    # deeplab2's rule, floor((size - 1) * scale) + 1: 16k + 1 crops stay 16k' + 1 at the usual scales.
+    assert [multi_scale.scaled_size(1025, s) for s in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)] == [
+        513, 769, 1025, 1281, 1537, 1793]
+    assert multi_scale.scaled_size(2049, 0.5) == 1025
+    assert multi_scale.scaled_size(8, 1.25) == 9  # 7 * 1.25 = 8.75, rounded down.
+    assert multi_scale.scaled_size(17, 0.01) == 1
+
+
+def test_flip_negates_dx_and_flips_back(rng):
+    images = tf.constant(rng.uniform(0, 255, (2, 9, 11, 3)), tf.float32)
+    single = multi_scale.multi_scale_predict(_constant_offset_model, images)
+    flipped = multi_scale.multi_scale_predict(_constant_offset_model, images, flip=True)
+    # The pointwise model gives the same maps on the flipped image once flipped back; dx averages 2 and -2 to 0.
+    np.testing.assert_allclose(flipped[common.PRED_SEMANTIC_PROBS_KEY], single[common.PRED_SEMANTIC_PROBS_KEY],
+                               atol=1e-6)
+    np.testing.assert_allclose(flipped[common.PRED_CENTER_HEATMAP_KEY], images[..., 0] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(flipped[common.PRED_OFFSET_MAP_KEY][..., 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(flipped[common.PRED_OFFSET_MAP_KEY][..., 1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(single[common.PRED_SEMANTIC_PROBS_KEY], _softmax(images.numpy() / 50.0), atol=1e-6)
+
+
+def test_offsets_are_rescaled_to_input_pixels():
+    images = tf.fill([1, 17, 33, 3], 100.0)
+    sizes = []
+    out = multi_scale.multi_scale_predict(_recording(_constant_offset_model, sizes), images, scales=(0.5, 2.0))
+    assert sizes == [(9, 17), (33, 65)]
+    assert out[common.PRED_SEMANTIC_PROBS_KEY].shape == (1, 17, 33, 3)
+    # At scale 0.5 one model pixel is 17/9 (y) and 33/17 (x) input pixels; at scale 2.0, 17/33 and 33/65.
+    dy = (1.0 * 17 / 9 + 1.0 * 17 / 33) / 2
+    dx = (2.0 * 33 / 17 + 2.0 * 33 / 65) / 2
+    np.testing.assert_allclose(out[common.PRED_OFFSET_MAP_KEY][..., 0], dy, rtol=1e-5)
+    np.testing.assert_allclose(out[common.PRED_OFFSET_MAP_KEY][..., 1], dx, rtol=1e-5)
+    np.testing.assert_allclose(out[common.PRED_CENTER_HEATMAP_KEY], 100.0 / 255.0, rtol=1e-5)
+
+
+def test_post_processing_of_the_average_compiles_with_xla(rng):
+    images = tf.constant(rng.uniform(0, 255, (1, 17, 21, 3)), tf.float32)
+    pp = PostProcessor(num_classes=3, label_divisor=100, ignore_label=0, thing_classes=(1,), keep_k_centers=5)
+
+    def infer(x):
+        return pp(multi_scale.multi_scale_predict(_constant_offset_model, x, scales=(0.75, 1.0), flip=True))
+
+    eager, compiled = infer(images), tf.function(infer, jit_compile=True)(images)
+    for key in (common.PRED_PANOPTIC_KEY, common.PRED_INSTANCE_KEY):
+        np.testing.assert_array_equal(compiled[key].numpy(), eager[key].numpy())
+    assert compiled[common.PRED_PANOPTIC_KEY].shape == (1, 17, 21)
+
+
+def test_panoptic_predictions_average_scales_and_flips_in_inference_mode(rng):
+    images = tf.constant(rng.uniform(0, 255, (2, 9, 13, 3)), tf.float32)
+    calls = []
+
+    def model(x, training):
+        calls.append((tuple(int(s) for s in x.shape[1:3]), training))
+        return _per_pixel_model(x)
+
+    def post_process(raw):
+        return {'probs': raw[common.PRED_SEMANTIC_PROBS_KEY], 'offsets': raw[common.PRED_OFFSET_MAP_KEY]}
+
+    out = inference.panoptic_predictions(model, post_process, images, scales=(0.5, 1.5), flip=True)
+    # (9 - 1) * 0.5 + 1 = 5, (13 - 1) * 0.5 + 1 = 7; at 1.5: 13 and 19; each scale plain and mirrored.
+    assert calls == [((5, 7), False)] * 2 + [((13, 19), False)] * 2
+    expected = multi_scale.multi_scale_predict(_per_pixel_model, images, scales=(0.5, 1.5), flip=True)
+    np.testing.assert_allclose(out['probs'], expected[common.PRED_SEMANTIC_PROBS_KEY], rtol=1e-6)
+    np.testing.assert_allclose(out['offsets'], expected[common.PRED_OFFSET_MAP_KEY], rtol=1e-6)
+    # At scale 1 without flip the model's raw outputs go to post-processing as they are.
+    calls.clear()
+    single = inference.panoptic_predictions(model, lambda raw: raw, images)
+    assert calls == [((9, 13), False)] and common.PRED_SEMANTIC_PROBS_KEY not in single
+
+
+def test_checkpoint_runner_runs_every_scale_at_its_own_size(rng):
+    """The fitted (evaluator's) path: images fitted into the input size, then each scale at its own size, larger
+    than the input size too; classification images are centre-cropped to the input size first."""
+    descriptor = dataset.get('synthetic_panoptic')
+    sizes = []
+    runner = checkpoint_runner.CheckpointRunner(
+        _recording(_per_pixel_model, sizes), lambda raw: {common.PRED_PANOPTIC_KEY: tf.argmax(
+            raw[common.PRED_SEMANTIC_PROBS_KEY], -1, output_type=tf.int32)}, descriptor, common.TASK_PANOPTIC,
+        'toy', scales=(0.5, 1.25), input_size=(9, 13))
+    out = runner([rng.integers(0, 256, size=(9, 13, 3), dtype=np.uint8)])
+    assert sizes == [(5, 7), (11, 16)]
+    assert out[common.PRED_PANOPTIC_KEY].shape == (1, 9, 13)
+
+    sizes.clear()
+    classifier = checkpoint_runner.CheckpointRunner(
+        _recording(_per_pixel_model, sizes), None, dataset.get('synthetic_classification'),
+        common.TASK_CLASSIFICATION, 'toy', scales=(1.0, 1.5), flip=True, input_size=(8, 8))
+    top = classifier([rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)])
+    assert sizes == [(8, 8), (8, 8), (11, 11), (11, 11)]
+    assert top[common.PRED_TOP5_CLASSES_KEY].shape == (1, 3)
 
 
 def test_bad_scales_raise():

@@ -22,6 +22,8 @@ from google.protobuf import text_format
 
 from deeplab_axial import common
 from deeplab_axial import config_utils
+from deeplab_axial.inference import multi_scale
+from deeplab_axial.protos import config_pb2
 from evaluation import evaluate as evaluate_lib
 from trainer import classification_task
 from trainer import controller as controller_lib
@@ -231,6 +233,37 @@ def test_eval_and_continuous_eval_modes(resumed_run, tmp_path):
     _check_panoptic_metrics(result['eval'])
 
 
+def _record_multi_scale(monkeypatch) -> list:
+    """Records (scales, flip, model input sizes) of every multi-scale average the evaluators trace."""
+    calls = []
+    average = multi_scale.multi_scale_predict
+
+    def recording(predict_raw, images, scales=(1.0,), flip=False):
+        sizes = []
+
+        def run(x):
+            sizes.append(tuple(x.shape[1:3]))
+            return predict_raw(x)
+        out = average(run, images, scales, flip)
+        calls.append((tuple(scales), flip, sizes))
+        return out
+
+    monkeypatch.setattr(multi_scale, 'multi_scale_predict', recording)
+    return calls
+
+
+def test_eval_scales_and_flipped_images_reach_the_evaluation(resumed_run, monkeypatch):
+    config = config_pb2.ExperimentOptions()
+    config.CopyFrom(resumed_run['config'])
+    config.evaluator_options.eval_scales[:] = [0.75, 1.0]
+    config.evaluator_options.add_flipped_images = True
+    calls = _record_multi_scale(monkeypatch)
+    out = train_lib.run_experiment(config, common.MODE_EVAL, resumed_run['experiment_dir'], _strategy())
+    # Eval crop 33 x 49: (33 - 1) * 0.75 + 1 = 25 and (49 - 1) * 0.75 + 1 = 37, each plain and mirrored.
+    assert calls and all(c == ((0.75, 1.0), True, [(25, 37)] * 2 + [(33, 49)] * 2) for c in calls)
+    _check_panoptic_metrics(out['eval'])
+
+
 def test_eval_mode_without_checkpoint_is_a_clear_error(data_dir, tmp_path):
     with pytest.raises(ValueError, match='no checkpoint'):
         train_lib.run_experiment(_panoptic_config(data_dir), common.MODE_EVAL, str(tmp_path), _strategy())
@@ -270,9 +303,12 @@ def test_mirrored_two_logical_cpus_matches_one_device(data_dir, tmp_path):
                                    err_msg=key)
 
 
-def test_classification_train_and_eval(data_dir, tmp_path):
+def test_classification_train_and_eval(data_dir, tmp_path, monkeypatch):
     config = config_utils.load_config(_CLASSIFICATION,
                                       params={'DATA_DIR': os.path.join(data_dir, 'classification')})
+    config.evaluator_options.eval_scales[:] = [1.0, 1.5]
+    config.evaluator_options.add_flipped_images = True
+    calls = _record_multi_scale(monkeypatch)
     config.train_dataset_options.batch_size = 4
     config.eval_dataset_options.batch_size = 5
     trainer = config.trainer_options
@@ -287,6 +323,8 @@ def test_classification_train_and_eval(data_dir, tmp_path):
     assert 0.5 * np.log(6) < out['train']['classification_loss'] < 3 * np.log(6)
     top1, top5 = out['eval'][classification_task.TOP1_KEY], out['eval'][classification_task.TOP5_KEY]
     assert 0.0 <= top1 <= top5 <= 1.0
+    # Probabilities averaged over the 32 x 32 eval crop and its 1.5x (47 x 47), each plain and mirrored.
+    assert calls and all(c == ((1.0, 1.5), True, [(32, 32)] * 2 + [(47, 47)] * 2) for c in calls)
     with open(tmp_path / eval_results.EVAL_RESULTS_NAME) as f:
         saved = json.load(f)
     assert saved['global_step'] == 2 and saved['details']['num_examples'] == 15  # 3 batches of 5.

@@ -1,13 +1,15 @@
 """The classification task (ImageNet-style pre-training): loss with label smoothing and top-1/top-5 evaluation."""
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from deeplab_axial import common
+from deeplab_axial import config_utils
 from deeplab_axial.data.dataset import DatasetDescriptor
+from deeplab_axial.inference import multi_scale
 from deeplab_axial.model.loss.classification_loss import classification_loss
 from deeplab_axial.protos import config_pb2
 from trainer import eval_results
@@ -42,12 +44,17 @@ class ClassificationEval:
       crop_size: (height, width) of the eval images.
       experiment_dir: eval_results.json goes here.
       global_step: the controller's step variable.
+      scales: input scales whose class probabilities are averaged (evaluator_options.eval_scales).
+      flip: also average over horizontally flipped images (evaluator_options.add_flipped_images).
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, batch_size: int,
-                 crop_size: Tuple[int, int], experiment_dir: str, global_step: tf.Variable):
+                 crop_size: Tuple[int, int], experiment_dir: str, global_step: tf.Variable,
+                 scales: Sequence[float] = (1.0,), flip: bool = False):
         self._model = model
         self._crop_size = tuple(crop_size)
+        self._scales = tuple(scales)
+        self._flip = flip
         self._experiment_dir = experiment_dir
         self._global_step = global_step
         self._runner = replica_eval.ReplicaRunner(strategy, self._predict, batch_size)
@@ -56,7 +63,13 @@ class ClassificationEval:
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        return {common.PRED_LOGITS_KEY: self._model(images, training=False)[common.PRED_LOGITS_KEY]}
+
+        def logits(x):
+            return {common.PRED_LOGITS_KEY: self._model(x, training=False)[common.PRED_LOGITS_KEY]}
+        if self._scales == (1.0,) and not self._flip:
+            return logits(images)
+        # Log of the averaged probabilities: ranks the classes as the averaged probabilities do.
+        return multi_scale.multi_scale_predict(logits, images, self._scales, self._flip)
 
     def reset(self) -> None:
         self._top1 = self._top5 = self._count = 0
@@ -84,7 +97,8 @@ class ClassificationEval:
 def build_evaluator(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
                     strategy: tf.distribute.Strategy, model: keras.Model, crop_size: Tuple[int, int],
                     experiment_dir: str, global_step: tf.Variable) -> ClassificationEval:
-    """Top-1/top-5 evaluation of the classifier."""
+    """Top-1/top-5 evaluation of the classifier, averaged over evaluator_options' scales and flips."""
     del descriptor  # The classes come from the model.
     return ClassificationEval(strategy, model, config.eval_dataset_options.batch_size, crop_size, experiment_dir,
-                              global_step)
+                              global_step, scales=config_utils.eval_scales(config.evaluator_options),
+                              flip=config.evaluator_options.add_flipped_images)

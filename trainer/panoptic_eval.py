@@ -2,7 +2,8 @@
 
 Per eval batch (any batch size, all replicas, `trainer/replica_eval.py`): the model and Panoptic-DeepLab
 post-processing run through the shared `deeplab_axial.model.inference.panoptic_predictions` (the path export and
-predict use), then per example `restore_to_image_size` crops the prediction to `size_resized` and resizes it to
+predict use; with evaluator_options.eval_scales / add_flipped_images it averages the raw outputs over the rescaled
+and mirrored batch first, as deeplab2's evaluator does), then per example `restore_to_image_size` crops the prediction to `size_resized` and resizes it to
 `size_raw`, and `evaluation.PanopticEvaluator` compares it with the raw labels (`panoptic_raw[:h, :w]`):
 PQ/SQ/RQ (All, Things, Stuff), mask AP from `instance_scores`, mIoU from `semantic_pred`.
 
@@ -69,13 +70,18 @@ class PanopticEval:
       save_predictions: also write COCO panoptic PNGs + JSON of every prediction.
       num_vis_samples: rendered predictions per pass in the eval summaries.
       metrics: any of 'pq', 'ap', 'miou'.
+      scales: input scales whose raw outputs are averaged before post-processing (evaluator_options.eval_scales).
+      flip: also average over horizontally flipped images (evaluator_options.add_flipped_images).
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model, post_processor, descriptor: DatasetDescriptor,
                  batch_size: int, crop_size: Tuple[int, int], experiment_dir: str, global_step: tf.Variable, *,
                  save_predictions: bool = False, num_vis_samples: int = 3,
-                 metrics: Sequence[str] = ('pq', 'ap', 'miou')):
+                 metrics: Sequence[str] = ('pq', 'ap', 'miou'), scales: Sequence[float] = (1.0,),
+                 flip: bool = False):
         self._model = model
+        self._scales = tuple(scales)
+        self._flip = flip
         self._post_processor = post_processor
         self._descriptor = descriptor
         self._crop_size = tuple(crop_size)
@@ -95,7 +101,8 @@ class PanopticEval:
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        predictions = inference.panoptic_predictions(self._model, self._post_processor, images)
+        predictions = inference.panoptic_predictions(self._model, self._post_processor, images, self._scales,
+                                                     self._flip)
         return {k: predictions[k] for k in _PRED_KEYS}
 
     def reset(self) -> None:

@@ -9,11 +9,12 @@ SavedModel path, this one holds the raw model, so it is where multi-scale and fl
 `build_runner` makes those from a config and a checkpoint (deeplab_axial.inference.model_loader). A panoptic runner
 built there follows the evaluator's path (deeplab_axial.model.inference): each image is fitted into the model's
 input size, multi-scale/flip averaging and post-processing run at that size, and the predictions are restored to
-the image size, so at scale 1 without flip it gives the SavedModel's and the evaluator's panoptic maps.
+the image size, so at scale 1 without flip it gives the SavedModel's and the evaluator's panoptic maps. Every scale
+runs the model at the scaled size itself (the models take any static size), as deeplab2's eval_scales do.
 """
 
 import os
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -32,9 +33,8 @@ class CheckpointRunner:
     """Runs a raw model with multi-scale/flip averaging, then post-processing (panoptic) or top-5 (classification).
 
     Args:
-      predict_raw: float32 [batch, height, width, 3] images in 0..255 -> raw outputs at that size. It owns any eval
-        preprocessing the model needs (e.g. padding to the crop size its global axial attention was built for, and
-        cropping the outputs back), because multi-scale inference calls it at several sizes.
+      predict_raw: float32 [batch, height, width, 3] images in 0..255 -> raw outputs at that size; multi-scale
+        inference calls it at every scaled size.
       post_process: averaged raw outputs (`semantic_logits`, `semantic_probs`, `center_heatmap`, `offset_map`) ->
         post-processing outputs (`panoptic_pred`, ...); unused for classification.
       descriptor: the model's dataset.
@@ -42,9 +42,10 @@ class CheckpointRunner:
       model_name: registry name of the model.
       scales: input scales to average over.
       flip: also average horizontally flipped inputs.
-      input_size: panoptic only: (height, width) to fit every image into first (`fit_to_input_size`); averaging
-        and post-processing then run at that size and the predictions are restored to the image size. None runs
-        them at the image size.
+      input_size: the model's (height, width). Panoptic images are fitted into it first (`fit_to_input_size`),
+        averaging and post-processing run at that size and the predictions are restored to the image size;
+        classification images are resized and centre-cropped to it first (the eval pipeline's
+        `classification_eval`). None runs on the images as they are.
       resize_options: `fit_to_input_size` resize-to-range keywords (the eval dataset's), with `input_size`.
     """
 
@@ -83,6 +84,8 @@ class CheckpointRunner:
         batch = tf.constant(np.stack(images), tf.float32)
         if self.task == common.TASK_PANOPTIC and self.input_size is not None:
             return {k: v.numpy() for k, v in self._predict_fitted(batch).items()}
+        if self.input_size is not None:
+            batch = tf.stack([preprocessing.classification_eval(image, self.input_size) for image in batch])
         raw = multi_scale.multi_scale_predict(self._predict_raw, batch, self.scales, self.flip)
         if self.task == common.TASK_CLASSIFICATION:
             probs = tf.nn.softmax(raw[common.PRED_LOGITS_KEY])
@@ -94,35 +97,6 @@ class CheckpointRunner:
             outputs = dict(raw)
             outputs.update(self._post_process(raw))
         return {k: v.numpy() for k, v in outputs.items()}
-
-
-def _panoptic_predict_raw(model: Callable, input_size: Tuple[int, int]) -> multi_scale.RawPredictor:
-    """Raw outputs at any image size from a model with a static input size.
-
-    Images of the input size go straight in; others are fitted (down-scaled if larger, padded with 127.5), run,
-    and the outputs cropped to the valid region and resized back, offsets rescaled.
-    """
-
-    def predict_raw(images: tf.Tensor) -> Dict[str, tf.Tensor]:
-        size = tuple(int(s) for s in images.shape[1:3])
-        if size == input_size:
-            return model(images)
-        fitted = [inference.fit_to_input_size(image, input_size) for image in images]
-        outputs = model(tf.stack([padded for padded, _ in fitted]))
-        resized_height, resized_width = (int(s) for s in fitted[0][1])  # One size per batch.
-        cropped = {k: v[:, :resized_height, :resized_width] for k, v in outputs.items()}
-        return multi_scale.resize_back(cropped, *size)
-
-    return predict_raw
-
-
-def _classification_predict_raw(model: Callable, input_size: Tuple[int, int]) -> multi_scale.RawPredictor:
-    """Logits of images of any size after the eval pipeline's resize and centre crop."""
-
-    def predict_raw(images: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return model(tf.stack([preprocessing.classification_eval(image, input_size) for image in images]))
-
-    return predict_raw
 
 
 def build_runner(config_file: str, checkpoint: str, scales: Sequence[float] = (1.0,),
@@ -150,8 +124,7 @@ def build_runner(config_file: str, checkpoint: str, scales: Sequence[float] = (1
     loaded = model_loader.load_model(model_loader.load_config(config_file), checkpoint)
     call = tf.function(lambda images: loaded.model(images, training=False))
     if loaded.task == common.TASK_PANOPTIC:
-        return CheckpointRunner(_panoptic_predict_raw(call, loaded.input_size), loaded.post_processor,
-                                loaded.descriptor, loaded.task, loaded.model_name, scales, flip,
-                                input_size=loaded.input_size, resize_options=loaded.resize_options)
-    return CheckpointRunner(_classification_predict_raw(call, loaded.input_size), None, loaded.descriptor,
-                            loaded.task, loaded.model_name, scales, flip)
+        return CheckpointRunner(call, loaded.post_processor, loaded.descriptor, loaded.task, loaded.model_name, scales,
+                                flip, input_size=loaded.input_size, resize_options=loaded.resize_options)
+    return CheckpointRunner(call, None, loaded.descriptor, loaded.task, loaded.model_name, scales, flip,
+                            input_size=loaded.input_size)

@@ -1,12 +1,15 @@
 """Multi-scale and flipped inference: averages a model's raw outputs over rescaled and mirrored inputs.
 
-Each scale s runs the model on the image resized to round(s * size); its outputs are resized back to the input size
-(bilinear) and offsets are rescaled from the scaled image's pixels to the input's. A flipped input's outputs are
-flipped back and its horizontal offsets negated. Semantic logits are averaged as probabilities (softmax, then mean),
-as deeplab2 does; the centre heatmap and offsets are plain means. Classification logits are averaged as
-probabilities too. Post-processing then runs once on the averaged outputs.
+Each scale s runs the model on the images resized (bilinear) to (size - 1) * s + 1, rounded down, per side, as
+deeplab2 does (it keeps crop sizes of the form k * stride + 1 aligned: 1025 at 0.5 is 513); its outputs are resized
+back to the input size (bilinear) and offsets are rescaled from the scaled image's pixels to the input's. A flipped
+input's outputs are flipped back and its horizontal offsets negated. Semantic logits are averaged as probabilities
+(softmax, then mean), as deeplab2 does; the centre heatmap and offsets are plain means. Classification logits are
+averaged as probabilities too. Post-processing then runs once on the averaged outputs. Sizes are static, so the
+whole average compiles with XLA (the trainer's evaluation runs it inside its replica function).
 """
 
+import math
 from typing import Callable, Dict, Sequence
 
 import tensorflow as tf
@@ -14,6 +17,11 @@ import tensorflow as tf
 from deeplab_axial import common
 
 RawPredictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+
+
+def scaled_size(size: int, scale: float) -> int:
+    """deeplab2's scaled side for a positive scale: floor((size - 1) * scale) + 1."""
+    return int(math.floor((size - 1) * scale)) + 1
 
 
 def resize_back(outputs: Dict[str, tf.Tensor], height: int, width: int) -> Dict[str, tf.Tensor]:
@@ -67,7 +75,7 @@ def multi_scale_predict(predict_raw: RawPredictor, images: tf.Tensor, scales: Se
     height, width = int(images.shape[1]), int(images.shape[2])
     runs = []
     for scale in scales:
-        size = [max(1, round(scale * height)), max(1, round(scale * width))]
+        size = [scaled_size(height, scale), scaled_size(width, scale)]
         scaled = images if size == [height, width] else tf.image.resize(images, size)
         runs.append(resize_back(predict_raw(scaled), height, width))
         if flip:

@@ -7,7 +7,8 @@ functions:
   fit_to_input_size       raw image -> the model's static input size (optional resize-to-range as the eval input
                           pipeline does, a further down-scale only when the image still does not fit, then padding
                           bottom/right with the eval pipeline's 127.5)
-  panoptic_predictions    model + softmax + Panoptic-DeepLab post-processing on a batch at the input size
+  panoptic_predictions    model + softmax + Panoptic-DeepLab post-processing on a batch at the input size, with
+                          optional multi-scale / flipped averaging of the raw outputs first (`multi_scale`)
   restore_to_image_size   one example's predictions cropped to the valid region and resized back to the raw size
 
 Post-processing runs at the model's input size (static shapes, XLA-friendly) and the panoptic map is then resized
@@ -20,6 +21,7 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial.data import preprocessing
+from deeplab_axial.inference import multi_scale
 
 # Integer maps and piecewise-constant per-instance maps are resized with nearest neighbour, the rest bilinearly.
 _NEAREST_KEYS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, common.PRED_INSTANCE_KEY,
@@ -54,9 +56,17 @@ def fit_to_input_size(image: tf.Tensor, input_size: Sequence[int], min_resize_va
     return tf.ensure_shape(image, [height, width, 3]), fitted
 
 
-def panoptic_predictions(model: Callable, post_processor: Callable, images: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """images float32 [batch, h, w, 3] at the model's input size -> post-processed predictions (all keys)."""
-    return post_processor(model(images, training=False))
+def panoptic_predictions(model: Callable, post_processor: Callable, images: tf.Tensor, scales: Sequence[float] = (1.0,),
+                         flip: bool = False) -> Dict[str, tf.Tensor]:
+    """images float32 [batch, h, w, 3] at the model's input size -> post-processed predictions (all keys).
+
+    With scales other than (1.0,) or `flip`, the model also runs on the rescaled / mirrored images and
+    post-processing takes the averaged raw outputs (`multi_scale.multi_scale_predict`, deeplab2's eval_scales and
+    add_flipped_images).
+    """
+    if tuple(scales) == (1.0,) and not flip:
+        return post_processor(model(images, training=False))
+    return post_processor(multi_scale.multi_scale_predict(lambda x: model(x, training=False), images, scales, flip))
 
 
 def restore_to_image_size(predictions: Dict[str, tf.Tensor], resized_size: tf.Tensor,

@@ -25,7 +25,7 @@ under tf.function(jit_compile=True), inside an exported SavedModel and on TPU. S
 - `instance_center_pred`: the heatmap value at the kept centers, 0 elsewhere.
 """
 
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -295,60 +295,3 @@ class PostProcessor:
             label_divisor=self.label_divisor, ignore_label=self.ignore_label, thing_classes=self.thing_classes,
             center_threshold=self.center_threshold, nms_kernel=self.nms_kernel,
             keep_k_centers=self.keep_k_centers, stuff_area_limit=self.stuff_area_limit)
-
-
-def _scaled_size(size: Any, scale: float) -> Any:
-    """(size - 1) * scale + 1, rounded: keeps k * stride + 1 crop sizes aligned (1025 at 0.5 -> 513)."""
-    if isinstance(size, int):
-        return int(round((size - 1) * scale)) + 1
-    return tf.cast(tf.round(tf.cast(size - 1, tf.float32) * scale), tf.int32) + 1
-
-
-def multi_scale_inference(model_fn: Callable[[tf.Tensor], Dict[str, tf.Tensor]], images: tf.Tensor,
-                          scales: Sequence[float] = (1.0,), flip: bool = False) -> Dict[str, tf.Tensor]:
-    """Averages semantic probabilities, center heatmaps and offsets over scales and left-right flips.
-
-    Each pass resizes the images (bilinear, half-pixel centers) to (size - 1) * scale + 1, runs `model_fn`, resizes
-    its outputs back to the input size and rescales the offsets to input pixels; a flipped pass flips the outputs
-    back and negates dx. The average goes to post-processing unchanged.
-
-    Args:
-      model_fn: images [batch, h, w, 3] -> raw outputs dict (`semantic_logits` or `semantic_probs`,
-        `center_heatmap` [batch, h, w], `offset_map` [batch, h, w, 2]) at the size of its input.
-      images: [batch, height, width, 3] float.
-      scales: the input scales.
-      flip: whether to add a left-right flipped pass per scale.
-
-    Returns:
-      {semantic_probs, center_heatmap, offset_map} float32 at the input size.
-    """
-    if not scales:
-        raise ValueError('multi_scale_inference: `scales` must not be empty')
-    images = tf.cast(images, tf.float32)
-    _, height, width, _ = _static_or_dynamic_shape(images)
-    sums: Dict[str, tf.Tensor] = {}
-    passes = 0
-    for scale in scales:
-        size = [_scaled_size(height, scale), _scaled_size(width, scale)]
-        scaled = images if scale == 1.0 else tf.image.resize(images, size, method='bilinear')
-        for flipped in ((False, True) if flip else (False,)):
-            outputs = model_fn(scaled[:, :, ::-1] if flipped else scaled)
-            probs = semantic_probabilities(outputs)
-            heatmap = tf.cast(outputs[common.PRED_CENTER_HEATMAP_KEY], tf.float32)[..., tf.newaxis]
-            offsets = tf.cast(outputs[common.PRED_OFFSET_MAP_KEY], tf.float32)
-            if flipped:
-                probs, heatmap, offsets = probs[:, :, ::-1], heatmap[:, :, ::-1], offsets[:, :, ::-1]
-                offsets = offsets * tf.constant([1.0, -1.0])
-            out_size = tf.shape(probs)[1:3]
-            probs, heatmap, offsets = (tf.image.resize(t, [height, width], method='bilinear')
-                                       for t in (probs, heatmap, offsets))
-            ratio = tf.cast(tf.stack([height, width]), tf.float32) / tf.cast(out_size, tf.float32)
-            results = {
-                common.PRED_SEMANTIC_PROBS_KEY: probs,
-                common.PRED_CENTER_HEATMAP_KEY: heatmap[..., 0],
-                common.PRED_OFFSET_MAP_KEY: offsets * ratio,
-            }
-            for key, value in results.items():
-                sums[key] = value if key not in sums else sums[key] + value
-            passes += 1
-    return {key: value / passes for key, value in sums.items()}
