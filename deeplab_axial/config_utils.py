@@ -299,6 +299,9 @@ def _check_meta_architecture(c: _Checker, config, meta: str,
                       'model_options.panoptic_deeplab.instance.regression_head.output_channels must be 2 (dy, dx)')
     else:
         classes = model.classification.num_classes
+        c.require(0.0 <= model.classification.dropout_rate < 1.0,
+                  'model_options.classification.dropout_rate must be in [0, 1). Received: '
+                  f'{model.classification.dropout_rate}')
         if descriptor is not None and not descriptor.is_panoptic:
             c.require(classes == descriptor.num_classes,
                       f'model_options.classification.num_classes ({classes}) must equal the number of classes of '

@@ -124,6 +124,26 @@ def test_classifier_logits(rng):
     assert set(model.checkpoint_items) == {common.CKPT_ENCODER, common.CKPT_CLASSIFICATION_HEAD}
 
 
+def test_classifier_dropout_acts_in_training_only(rng):
+    images = _images(rng, 2, 33, 33)
+    kwargs = dict(width_multiplier=0.125, stem_width_multiplier=0.125, num_classes=5)
+    plain = _built('axial_resnet_26_s', size=(33, 33), **kwargs)
+    dropped = _built('axial_resnet_26_s', size=(33, 33), dropout_rate=0.5, **kwargs)
+    dropped.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(dropped(images)[common.PRED_LOGITS_KEY].numpy(),
+                                  plain(images)[common.PRED_LOGITS_KEY].numpy())
+    # Batch statistics make training mode deterministic without dropout; with it, two steps draw two masks.
+    first, second = (plain(images, training=True)[common.PRED_LOGITS_KEY].numpy() for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+    first, second = (dropped(images, training=True)[common.PRED_LOGITS_KEY].numpy() for _ in range(2))
+    assert np.abs(first - second).max() > 1e-3
+    assert dropped.get_config()['dropout_rate'] == 0.5
+    with pytest.raises(ValueError, match='dropout_rate'):
+        registry.build_model('axial_resnet_26_s', dropout_rate=1.0)
+    with pytest.raises(ValueError, match='dropout_rate'):
+        registry.build_model('axial_deeplab_tiny', dropout_rate=0.1)  # Panoptic models have no classifier.
+
+
 def test_checkpoint_variable_paths_are_pinned():
     paths = {v.path for v in _built('axial_deeplab_tiny').weights}
     for path in ['axial_deeplab_tiny/encoder/stem_conv1/conv/kernel',

@@ -42,6 +42,16 @@ def test_decoder_and_backbone_fields_reach_the_layers():
     assert model.encoder_config['span'] == config.model_options.backbone.axial_span
 
 
+def test_classification_dropout_rate_reaches_the_model_and_is_range_checked():
+    config, descriptor = _load('configs/synthetic/axial_resnet_tiny.textproto')
+    config.model_options.classification.dropout_rate = 0.2
+    model = builder.build_model(config, descriptor)
+    assert model.dropout.rate == pytest.approx(0.2) and model.get_config()['dropout_rate'] == pytest.approx(0.2)
+    config.model_options.classification.dropout_rate = 1.0
+    with pytest.raises(config_utils.ConfigError, match=r'classification.dropout_rate must be in \[0, 1\)'):
+        config_utils.validate(config)
+
+
 def test_unset_width_keeps_the_variant_width():
     """deeplab2's builder always passed width 1.0 (its S became L); ours only overrides a field that is set."""
     config, descriptor = _load('configs/cityscapes/axial_deeplab/axial_deeplab_s_os16.textproto')

@@ -108,6 +108,8 @@ def build_model(config: config_pb2.ExperimentOptions, descriptor: DatasetDescrip
     overrides = _encoder_overrides(config)
     if task == common.TASK_PANOPTIC:
         overrides['decoder_config'] = _decoder_config(config)
+    else:
+        overrides['dropout_rate'] = options.classification.dropout_rate
     return registry.build_model(name, num_classes=num_classes, **overrides)
 
 

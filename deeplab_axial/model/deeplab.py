@@ -105,20 +105,25 @@ class AxialDeepLab(keras.Model):
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
 class AxialResNetClassifier(keras.Model):
-    """ImageNet classifier: encoder -> global average pool of res5 -> dense -> `logits` [batch, num_classes].
+    """ImageNet classifier: encoder -> global average pool of res5 -> dropout -> dense -> `logits` [batch, classes].
 
     Args:
       num_classes: output classes.
       encoder_config: keyword arguments of `AxialResNet`.
+      dropout_rate: dropout on the pooled features in training (model_options.classification.dropout_rate).
       **kwargs: forwarded to `keras.Model`.
     """
 
-    def __init__(self, num_classes: int, encoder_config: dict, **kwargs):
+    def __init__(self, num_classes: int, encoder_config: dict, dropout_rate: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f'AxialResNetClassifier: `dropout_rate` must be in [0, 1). Received: {dropout_rate}')
         self.num_classes = num_classes
         self.encoder_config = dict(encoder_config)
+        self.dropout_rate = dropout_rate
         # === Layers ===
         self.encoder = AxialResNet(name='encoder', **self.encoder_config)
+        self.dropout = keras.layers.Dropout(dropout_rate, name='dropout')
         self.classification_head = keras.layers.Dense(num_classes, name='classification_head', dtype='float32')
 
     @property
@@ -135,7 +140,8 @@ class AxialResNetClassifier(keras.Model):
         """images: float32 [batch, height, width, 3] in 0..255 -> {'logits': [batch, num_classes]}."""
         features = self.encoder(normalize_image(images, self.compute_dtype), training=training)
         pooled = tf.reduce_mean(tf.cast(features[common.RES5], tf.float32), axis=[1, 2])
-        return {common.PRED_LOGITS_KEY: self.classification_head(pooled)}
+        return {common.PRED_LOGITS_KEY: self.classification_head(self.dropout(pooled, training=training))}
 
     def get_config(self) -> dict:
-        return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config)
+        return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config,
+                    dropout_rate=self.dropout_rate)
