@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
+from deeplab_axial import unsupported_fields
 from deeplab_axial.data import dataset as dataset_lib
 from deeplab_axial.protos import config_pb2
 from deeplab_axial.protos import dataset_pb2
@@ -352,6 +353,7 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dic
     if meta not in SUPPORTED_META_ARCHITECTURES:
         raise ConfigError(f'model_options: meta-architecture {meta!r} is not supported by deeplab_axial; set one '
                           f'of {SUPPORTED_META_ARCHITECTURES}')
+    c.errors += unsupported_fields.unsupported_fields(config)
     _check_model(c, config.model_options)
     _check_solver(c, config.trainer_options.solver_options)
     _check_trainer(c, config.trainer_options)
