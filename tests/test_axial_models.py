@@ -1,6 +1,9 @@
 """Axial-ResNet encoders, Axial-DeepLab and the classifier: shapes, parameter counts, checkpoints, serialization."""
 
 import math
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -9,6 +12,7 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial.model import registry
+from deeplab_axial.model.deeplab import normalize_image
 from deeplab_axial.model.encoder.axial_resnet import AxialResNet
 
 
@@ -138,10 +142,51 @@ def test_classifier_dropout_acts_in_training_only(rng):
     first, second = (dropped(images, training=True)[common.PRED_LOGITS_KEY].numpy() for _ in range(2))
     assert np.abs(first - second).max() > 1e-3
     assert dropped.get_config()['dropout_rate'] == 0.5
+    # Under mixed precision the pooled features reach the float32 head unrounded (integer pixels: exact in bfloat16,
+    # to which Keras casts the model's inputs).
+    images = tf.round(images)
+    keras.config.set_dtype_policy('mixed_bfloat16')
+    try:
+        mixed = _built('axial_resnet_26_s', size=(33, 33), dropout_rate=0.5, **kwargs)
+        mixed.set_weights(plain.get_weights())
+        logits = mixed(images)[common.PRED_LOGITS_KEY]
+        features = mixed.encoder(normalize_image(images, mixed.compute_dtype))[common.RES5]
+    finally:
+        keras.config.set_dtype_policy('float32')
+    pooled = tf.reduce_mean(tf.cast(features, tf.float32), axis=[1, 2])
+    np.testing.assert_allclose(logits.numpy(), mixed.classification_head(pooled).numpy(), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match='dropout_rate'):
         registry.build_model('axial_resnet_26_s', dropout_rate=1.0)
     with pytest.raises(ValueError, match='dropout_rate'):
         registry.build_model('axial_deeplab_tiny', dropout_rate=0.1)  # Panoptic models have no classifier.
+
+
+_REPLICA_DROPOUT_SCRIPT = """
+import sys, numpy as np, tensorflow as tf
+sys.path.insert(0, {repo!r})
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from deeplab_axial import common
+from deeplab_axial.model import registry
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+with strategy.scope():
+    model = registry.build_model('axial_resnet_26_s', width_multiplier=0.125, stem_width_multiplier=0.125,
+                                 num_classes=5, dropout_rate=0.5)
+    model.build((None, 33, 33, 3))
+images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 33, 33, 3)), tf.float32)
+step = tf.function(lambda: strategy.run(lambda: model(images, training=True)[common.PRED_LOGITS_KEY]))
+first, second = (r.numpy() for r in strategy.experimental_local_results(step()))
+print('DIFFERENCE', float(np.abs(first - second).max()))
+"""
+
+
+def test_each_replica_draws_its_own_dropout_mask():
+    """Same images on two replicas: with one mask for both (a mirrored seed) their training logits would agree."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, '-c', _REPLICA_DROPOUT_SCRIPT.format(repo=repo)], capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split('DIFFERENCE')[1]) > 1e-3
 
 
 def test_checkpoint_variable_paths_are_pinned():

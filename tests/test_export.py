@@ -325,20 +325,22 @@ def test_checkpoint_runner_equals_the_saved_model(runner, loaded_export, eval_sa
 
 def test_multi_scale_flip_through_the_checkpoint_path(panoptic, runner):
     # Width = crop width, so padding (bottom only) commutes with a horizontal flip: the flip-averaged outputs of an
-    # image and of its mirror must be mirror images (offsets with dx negated), up to the rounding of the resizes
-    # (amplified by the random weights); a missing un-flip would be off by far more (checked below).
+    # image and of its mirror must be mirror images (offsets with dx negated). They agree up to the resizes'
+    # rounding, which a mirrored resize does not reproduce bit for bit and the random weights amplify (up to ~1%
+    # here), so the check is on mean differences: a missing un-flip or dx negation is off by far more.
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (40, CROP[1], 3), dtype=np.uint8)
     multi = checkpoint_runner.build_runner(panoptic['config_file'], panoptic['checkpoint'], scales=(0.75, 1.0, 1.25),
                                            flip=True)
     out, mirrored = multi([image]), multi([image[:, ::-1]])
-    for key in (common.PRED_SEMANTIC_PROBS_KEY, common.PRED_CENTER_HEATMAP_KEY):
+    for key in (common.PRED_SEMANTIC_PROBS_KEY, common.PRED_CENTER_HEATMAP_KEY, common.PRED_OFFSET_MAP_KEY):
         assert out[key].shape[:3] == (1, 40, CROP[1])
-        np.testing.assert_allclose(mirrored[key][:, :, ::-1], out[key], rtol=1e-2, atol=5e-3)
-        assert np.abs(mirrored[key] - out[key]).max() > 0.05
-    np.testing.assert_allclose(mirrored[common.PRED_OFFSET_MAP_KEY][:, :, ::-1] * [1, -1],
-                               out[common.PRED_OFFSET_MAP_KEY], rtol=1e-2, atol=5e-2)
-    assert np.abs(mirrored[common.PRED_OFFSET_MAP_KEY][:, :, ::-1] - out[common.PRED_OFFSET_MAP_KEY]).max() > 0.5
+        negate_dx = [1, -1] if key == common.PRED_OFFSET_MAP_KEY else 1
+        agreement = np.abs(mirrored[key][:, :, ::-1] * negate_dx - out[key]).mean()
+        without_unflip = np.abs(mirrored[key] - out[key]).mean()
+        assert agreement < 0.05 * without_unflip, (key, agreement, without_unflip)
+    without_negation = np.abs(mirrored[common.PRED_OFFSET_MAP_KEY][:, :, ::-1] - out[common.PRED_OFFSET_MAP_KEY])
+    assert without_negation[..., 1].mean() > 20 * agreement
     # The averaging changes the result: it is not the single-scale prediction.
     single = runner([image])
     assert np.abs(single[common.PRED_SEMANTIC_PROBS_KEY] - out[common.PRED_SEMANTIC_PROBS_KEY]).max() > 1e-3

@@ -46,7 +46,7 @@ def test_classification_dropout_rate_reaches_the_model_and_is_range_checked():
     config, descriptor = _load('configs/synthetic/axial_resnet_tiny.textproto')
     config.model_options.classification.dropout_rate = 0.2
     model = builder.build_model(config, descriptor)
-    assert model.dropout.rate == pytest.approx(0.2) and model.get_config()['dropout_rate'] == pytest.approx(0.2)
+    assert model.dropout_rate == pytest.approx(0.2) and model.get_config()['dropout_rate'] == pytest.approx(0.2)
     config.model_options.classification.dropout_rate = 1.0
     with pytest.raises(config_utils.ConfigError, match=r'classification.dropout_rate must be in \[0, 1\)'):
         config_utils.validate(config)

@@ -53,9 +53,10 @@ def test_scales_and_flip_keep_centre_offsets_in_input_pixels(rng):
     out = multi_scale.multi_scale_predict(_per_pixel_model, images, scales=(0.5, 1.0), flip=True)
     ys, xs = np.meshgrid(np.arange(16), np.arange(16), indexing='ij')
     expected = np.stack([7.5 - ys, 7.5 - xs], -1)
-    # Bilinear resizing reproduces a linear field exactly away from the clamped borders.
-    np.testing.assert_allclose(out[common.PRED_OFFSET_MAP_KEY][:, 2:-2, 2:-2], np.broadcast_to(
-        expected[2:-2, 2:-2], (2, 12, 12, 2)), atol=1e-4)
+    # Bilinear resizing with align_corners reproduces a linear field exactly, borders included: at scale 0.5 the
+    # model sees 8 x 8 and points at its centre 3.5, which is 7.5 in input pixels.
+    np.testing.assert_allclose(out[common.PRED_OFFSET_MAP_KEY], np.broadcast_to(expected, (2, 16, 16, 2)),
+                               atol=1e-4)
     # A flat image gives the same per-pixel outputs at every scale and flip.
     raw = _per_pixel_model(images)
     np.testing.assert_allclose(out[common.PRED_SEMANTIC_PROBS_KEY],
@@ -130,6 +131,16 @@ def test_flip_negates_dx_and_flips_back(rng):
     np.testing.assert_allclose(flipped[common.PRED_OFFSET_MAP_KEY][..., 1], 0.0, atol=1e-6)
     np.testing.assert_allclose(single[common.PRED_SEMANTIC_PROBS_KEY], _softmax(images.numpy() / 50.0), atol=1e-6)
 
+    def column_offsets(x):  # dx = the column index in the model's own pixels, dy = 0.
+        columns = tf.range(int(x.shape[2]), dtype=tf.float32)[None, None, :] * tf.ones_like(x[..., 0])
+        return {common.PRED_OFFSET_MAP_KEY: tf.stack([tf.zeros_like(columns), columns], -1)}
+
+    # The mirrored run gives W - 1 - c at column c once flipped back, negated: the mean is c - (W - 1) / 2. A
+    # missing flip-back would give 0, a missing negation (W - 1) / 2.
+    averaged = multi_scale.multi_scale_predict(column_offsets, images, flip=True)[common.PRED_OFFSET_MAP_KEY]
+    np.testing.assert_allclose(averaged[..., 1], np.broadcast_to(np.arange(11) - 5.0, (2, 9, 11)), atol=1e-5)
+    np.testing.assert_allclose(averaged[..., 0], 0.0, atol=1e-6)
+
 
 def test_offsets_are_rescaled_to_input_pixels():
     images = tf.fill([1, 17, 33, 3], 100.0)
@@ -137,9 +148,9 @@ def test_offsets_are_rescaled_to_input_pixels():
     out = multi_scale.multi_scale_predict(_recording(_constant_offset_model, sizes), images, scales=(0.5, 2.0))
     assert sizes == [(9, 17), (33, 65)]
     assert out[common.PRED_SEMANTIC_PROBS_KEY].shape == (1, 17, 33, 3)
-    # At scale 0.5 one model pixel is 17/9 (y) and 33/17 (x) input pixels; at scale 2.0, 17/33 and 33/65.
-    dy = (1.0 * 17 / 9 + 1.0 * 17 / 33) / 2
-    dx = (2.0 * 33 / 17 + 2.0 * 33 / 65) / 2
+    # align_corners: at scale 0.5 one model pixel is 16/8 (y) and 32/16 (x) input pixels; at 2.0, 16/32 and 32/64.
+    dy = (1.0 * 2.0 + 1.0 * 0.5) / 2
+    dx = (2.0 * 2.0 + 2.0 * 0.5) / 2
     np.testing.assert_allclose(out[common.PRED_OFFSET_MAP_KEY][..., 0], dy, rtol=1e-5)
     np.testing.assert_allclose(out[common.PRED_OFFSET_MAP_KEY][..., 1], dx, rtol=1e-5)
     np.testing.assert_allclose(out[common.PRED_CENTER_HEATMAP_KEY], 100.0 / 255.0, rtol=1e-5)

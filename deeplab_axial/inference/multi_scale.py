@@ -1,12 +1,13 @@
 """Multi-scale and flipped inference: averages a model's raw outputs over rescaled and mirrored inputs.
 
-Each scale s runs the model on the images resized (bilinear) to (size - 1) * s + 1, rounded down, per side, as
-deeplab2 does (it keeps crop sizes of the form k * stride + 1 aligned: 1025 at 0.5 is 513); its outputs are resized
-back to the input size (bilinear) and offsets are rescaled from the scaled image's pixels to the input's. A flipped
-input's outputs are flipped back and its horizontal offsets negated. Semantic logits are averaged as probabilities
-(softmax, then mean), as deeplab2 does; the centre heatmap and offsets are plain means. Classification logits are
-averaged as probabilities too. Post-processing then runs once on the averaged outputs. Sizes are static, so the
-whole average compiles with XLA (the trainer's evaluation runs it inside its replica function).
+As deeplab2's eval_scales and add_flipped_images: each scale s runs the model on the images resized to
+(size - 1) * s + 1, rounded down, per side (1025 at 0.5 is 513); its outputs are resized back to the input size and
+offsets are rescaled from the scaled image's pixels to the input's, by (size - 1) / (scaled - 1). Both resizes are
+bilinear with align_corners, the convention under which that size rule lines the pixel grids up and the one the
+models use for their own upsampling. A flipped input's outputs are flipped back and its horizontal offsets negated.
+Semantic logits are averaged as probabilities (softmax, then mean); the centre heatmap and offsets are plain means.
+Classification logits are averaged as probabilities too. Post-processing then runs once on the averaged outputs.
+Sizes are static, so the average also compiles with XLA.
 """
 
 import math
@@ -15,6 +16,7 @@ from typing import Callable, Dict, Sequence
 import tensorflow as tf
 
 from deeplab_axial import common
+from deeplab_axial.model.decoder.panoptic_deeplab import resize_align_corners
 
 RawPredictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
@@ -25,19 +27,19 @@ def scaled_size(size: int, scale: float) -> int:
 
 
 def resize_back(outputs: Dict[str, tf.Tensor], height: int, width: int) -> Dict[str, tf.Tensor]:
-    """Raw outputs at another size -> [height, width] (bilinear), offsets rescaled to the new size's pixels."""
+    """Raw outputs at another static size -> [height, width] (bilinear, align_corners), offsets in the new pixels."""
     resized = {}
     if common.PRED_SEMANTIC_LOGITS_KEY in outputs:
-        resized[common.PRED_SEMANTIC_LOGITS_KEY] = tf.image.resize(outputs[common.PRED_SEMANTIC_LOGITS_KEY],
-                                                                   [height, width])
+        resized[common.PRED_SEMANTIC_LOGITS_KEY] = resize_align_corners(outputs[common.PRED_SEMANTIC_LOGITS_KEY],
+                                                                        [height, width])
     if common.PRED_CENTER_HEATMAP_KEY in outputs:
-        resized[common.PRED_CENTER_HEATMAP_KEY] = tf.image.resize(
+        resized[common.PRED_CENTER_HEATMAP_KEY] = resize_align_corners(
             outputs[common.PRED_CENTER_HEATMAP_KEY][..., None], [height, width])[..., 0]
     if common.PRED_OFFSET_MAP_KEY in outputs:
         offsets = outputs[common.PRED_OFFSET_MAP_KEY]
-        scaled_size = tf.cast(tf.shape(offsets)[1:3], tf.float32)
-        ratio = tf.constant([height, width], tf.float32) / scaled_size  # (dy, dx) per input pixel.
-        resized[common.PRED_OFFSET_MAP_KEY] = tf.image.resize(offsets, [height, width]) * ratio
+        # align_corners maps first to first and last to last pixel: distances scale by (size - 1) / (scaled - 1).
+        ratio = [(size - 1) / max(int(scaled) - 1, 1) for size, scaled in zip((height, width), offsets.shape[1:3])]
+        resized[common.PRED_OFFSET_MAP_KEY] = resize_align_corners(offsets, [height, width]) * tf.constant(ratio)
     if common.PRED_LOGITS_KEY in outputs:
         resized[common.PRED_LOGITS_KEY] = outputs[common.PRED_LOGITS_KEY]
     return resized
@@ -76,7 +78,7 @@ def multi_scale_predict(predict_raw: RawPredictor, images: tf.Tensor, scales: Se
     runs = []
     for scale in scales:
         size = [scaled_size(height, scale), scaled_size(width, scale)]
-        scaled = images if size == [height, width] else tf.image.resize(images, size)
+        scaled = images if size == [height, width] else resize_align_corners(images, size)
         runs.append(resize_back(predict_raw(scaled), height, width))
         if flip:
             runs.append(resize_back(_unflip(predict_raw(tf.reverse(scaled, axis=[2]))), height, width))

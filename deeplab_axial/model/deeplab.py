@@ -123,7 +123,6 @@ class AxialResNetClassifier(keras.Model):
         self.dropout_rate = dropout_rate
         # === Layers ===
         self.encoder = AxialResNet(name='encoder', **self.encoder_config)
-        self.dropout = keras.layers.Dropout(dropout_rate, name='dropout')
         self.classification_head = keras.layers.Dense(num_classes, name='classification_head', dtype='float32')
 
     @property
@@ -140,7 +139,10 @@ class AxialResNetClassifier(keras.Model):
         """images: float32 [batch, height, width, 3] in 0..255 -> {'logits': [batch, num_classes]}."""
         features = self.encoder(normalize_image(images, self.compute_dtype), training=training)
         pooled = tf.reduce_mean(tf.cast(features[common.RES5], tf.float32), axis=[1, 2])
-        return {common.PRED_LOGITS_KEY: self.classification_head(self.dropout(pooled, training=training))}
+        if training and self.dropout_rate > 0:
+            # A stateful op per replica (as DropPath): each replica draws its own mask; float32 under mixed precision.
+            pooled = tf.nn.dropout(pooled, rate=self.dropout_rate)
+        return {common.PRED_LOGITS_KEY: self.classification_head(pooled)}
 
     def get_config(self) -> dict:
         return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config,
