@@ -27,6 +27,9 @@ SUPPORTED_LEARNING_POLICIES = ('poly', 'cosine')
 SUPPORTED_PRECISION_POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
 SUPPORTED_DROP_PATH_SCHEDULES = ('constant', 'linear')
 SUPPORTED_OUTPUT_STRIDES = (8, 16, 32)
+# The loss each trainer_options.loss_options field computes (deeplab2's names).
+LOSS_NAMES = {'semantic_loss': 'softmax_cross_entropy', 'center_loss': 'mse', 'regression_loss': 'l1',
+              'classification_loss': 'softmax_cross_entropy'}
 
 
 class ConfigError(ValueError):
@@ -240,7 +243,9 @@ def _check_trainer(c: _Checker, trainer) -> None:
         c.require(value > 0, f'trainer_options.{name} must be positive. Received: {value}')
 
 
-def _check_loss(c: _Checker, field: str, loss) -> None:
+def _check_loss(c: _Checker, field: str, loss, name: str) -> None:
+    c.require(loss.name in ('', name), f'{field}.name must be {name!r} (the loss deeplab_axial computes there). '
+              f'Received: {loss.name!r}')
     c.require(loss.weight >= 0, f'{field}.weight must be non-negative. Received: {loss.weight}')
     c.require(0.0 < loss.top_k_percent <= 1.0, f'{field}.top_k_percent must be in (0, 1]. Received: '
               f'{loss.top_k_percent}')
@@ -290,14 +295,12 @@ def _check_meta_architecture(c: _Checker, config, meta: str,
                       f'model_options.panoptic_deeplab.semantic_head.output_channels ({head.output_channels}) must '
                       f'equal the number of classes of train_dataset_options.dataset {descriptor.name!r} '
                       f'({descriptor.num_classes})')
-        needed = ['semantic_loss']
-        instance = model.panoptic_deeplab.instance
-        if instance.enable:
-            needed += ['center_loss', 'regression_loss']
-            c.require(instance.center_head.output_channels == 1,
-                      'model_options.panoptic_deeplab.instance.center_head.output_channels must be 1')
-            c.require(instance.regression_head.output_channels == 2,
-                      'model_options.panoptic_deeplab.instance.regression_head.output_channels must be 2 (dy, dx)')
+        needed = ['semantic_loss', 'center_loss', 'regression_loss']
+        instance = model.panoptic_deeplab.instance  # Always built: `unsupported_fields` rejects enable: false.
+        c.require(instance.center_head.output_channels == 1,
+                  'model_options.panoptic_deeplab.instance.center_head.output_channels must be 1')
+        c.require(instance.regression_head.output_channels == 2,
+                  'model_options.panoptic_deeplab.instance.regression_head.output_channels must be 2 (dy, dx)')
     else:
         classes = model.classification.num_classes
         c.require(0.0 <= model.classification.dropout_rate < 1.0,
@@ -310,9 +313,12 @@ def _check_meta_architecture(c: _Checker, config, meta: str,
         needed = ['classification_loss']
     for name in needed:
         if losses.HasField(name):
-            _check_loss(c, f'{prefix}.{name}', getattr(losses, name))
+            _check_loss(c, f'{prefix}.{name}', getattr(losses, name), LOSS_NAMES[name])
         else:
             c.errors.append(f'{prefix}.{name} must be set for the {meta} meta-architecture')
+    for name in sorted(set(LOSS_NAMES) - set(needed)):
+        c.require(not losses.HasField(name), f'{prefix}.{name} is not used by the {meta} meta-architecture: '
+                  'remove it')
 
 
 def _check_evaluator(c: _Checker, evaluator) -> None:

@@ -23,6 +23,9 @@ _RULES: Dict[Tuple[str, str], Tuple[tuple, str]] = {
         ('depthwise_separable_conv',), 'the heads use 5x5 depthwise-separable convolutions only'),
     ('deeplab_axial.HeadOptions', 'max_value_after_activation'): ((0.0,), 'output clipping is not implemented'),
     ('deeplab_axial.HeadOptions', 'min_value_after_activation'): ((0.0,), 'output clipping is not implemented'),
+    ('deeplab_axial.InstanceOptions', 'enable'): (
+        (True,), 'a semantic-only Panoptic-DeepLab (no instance branch) is not built'),
+    ('deeplab_axial.DecoderOptions', 'feature_key'): (('res5',), 'the decoder reads the encoder\'s res5 endpoint'),
     ('deeplab_axial.InstanceOptions', 'next_regression_head'): (
         (), 'video (Motion/ViP-DeepLab) heads are not built'),
     ('deeplab_axial.ModelOptions.PanopticDeeplabOptions', 'depth_head'): (

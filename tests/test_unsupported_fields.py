@@ -1,11 +1,14 @@
 """deeplab2 fields that select something deeplab_axial does not build are rejected by name, not ignored."""
 
+import glob
 import os
+import re
 
 import pytest
 from google.protobuf import descriptor_pool, text_format
 
 from deeplab_axial import config_utils, unsupported_fields
+from deeplab_axial.protos import config_pb2
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,6 +22,9 @@ def _config(name='axial_deeplab_tiny', snippet=''):
 
 @pytest.mark.parametrize('snippet, field', [
     ('model_options { decoder { atrous_rates: 6 atrous_rates: 12 } }', 'model_options.decoder.atrous_rates'),
+    ('model_options { decoder { feature_key: "res4" } }', 'model_options.decoder.feature_key'),
+    ('model_options { panoptic_deeplab { instance { enable: false } } }',
+     'model_options.panoptic_deeplab.instance.enable'),
     ('model_options { decoder { aspp_use_only_1x1_proj_conv: false } }',
      'model_options.decoder.aspp_use_only_1x1_proj_conv'),
     ('model_options { decoder { decoder_conv_type: "standard_conv" } }', 'model_options.decoder.decoder_conv_type'),
@@ -91,3 +97,40 @@ def test_rules_name_real_proto_fields_with_accepted_values_of_their_type():
         for value in accepted:
             assert not descriptor.is_repeated and descriptor.message_type is None, (message, field)
             assert type(value) is type(descriptor.default_value), (message, field, value)
+
+
+# Fields parsed for deeplab2 compatibility that change nothing here, and why; every other field must be read by the
+# code or be covered by a rule.
+_NO_EFFECT = {
+    'max_thing_id': 'only read with thing_id_mask_annotations, which is rejected',
+    'raw_panoptic_format': 'only read with save_raw_predictions, which is rejected',
+    'convert_raw_to_eval_ids': 'only read with save_raw_predictions, which is rejected',
+    'merge_semantic_and_instance_with_tf_op': 'the merge is always TensorFlow ops (documented in the proto)',
+}
+
+
+def test_every_config_field_is_read_rejected_or_documented_as_no_effect():
+    sources = [p for p in glob.glob(os.path.join(_REPO, '**', '*.py'), recursive=True)
+               if os.sep + 'protos' + os.sep not in p and os.sep + 'tests' + os.sep not in p]
+    code = '\n'.join(open(p).read() for p in sources)
+    rejected = set(unsupported_fields._RULES)
+    unsupported_meta = {'deeplab_v3', 'deeplab_v3_plus', 'motion_deeplab', 'max_deeplab', 'vip_deeplab'}
+    assert unsupported_meta.isdisjoint(config_utils.SUPPORTED_META_ARCHITECTURES)
+    missing, seen = [], set()
+
+    def walk(message):
+        if message.full_name in seen:
+            return
+        seen.add(message.full_name)
+        for field in message.fields:
+            if (message.full_name, field.name) in rejected:
+                continue  # Rejected, with everything inside it.
+            if message.full_name == 'deeplab_axial.ModelOptions' and field.name in unsupported_meta:
+                continue  # A meta-architecture validation refuses.
+            if not re.search(r'\b' + field.name + r'\b', code) and field.name not in _NO_EFFECT:
+                missing.append(f'{message.full_name}.{field.name}')
+            if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+                walk(field.message_type)
+
+    walk(config_pb2.ExperimentOptions.DESCRIPTOR)
+    assert missing == []
