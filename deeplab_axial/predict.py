@@ -13,8 +13,9 @@ Image ids in the JSON: an all-digit file name is an integer id (COCO's naming); 
 the id of the ground-truth image with the same file name stem, so `python -m evaluation.evaluate` scores the run
 against that ground truth directly.
 
-The SavedModel path imports neither the trainer nor the model code. Its signatures are single-scale, so --scales
-and --flip need the --config_file/--checkpoint path. Files that cannot be read as JPEG/PNG are named and skipped;
+The SavedModel path imports neither the trainer nor the model code; it averages over the scales and flips its
+config had at export (evaluator_options.eval_scales, add_flipped_images). The --config_file/--checkpoint path takes
+the same from the config, and --scales / --flip (--no-flip) override them. Files that cannot be read as JPEG/PNG are named and skipped;
 the run then ends with exit status 1 after writing everything else.
 """
 
@@ -52,8 +53,11 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--checkpoint', help='checkpoint prefix or directory; with --config_file')
     parser.add_argument('--input', required=True, help='an image file, a folder or a glob (quote it)')
     parser.add_argument('--output_dir', required=True, help='where to write the results')
-    parser.add_argument('--scales', default='1', help='comma-separated input scales (checkpoint path only)')
-    parser.add_argument('--flip', action='store_true', help='add flipped inputs (checkpoint path only)')
+    parser.add_argument('--scales', help='comma-separated input scales (checkpoint path only; default: the '
+                                         "config's evaluator_options.eval_scales)")
+    parser.add_argument('--flip', action=argparse.BooleanOptionalAction,
+                        help="add mirrored inputs, or not (checkpoint path only; default: the config's "
+                             'evaluator_options.add_flipped_images)')
     parser.add_argument('--batch_size', type=int, default=8, help='images per call for same-size images')
     parser.add_argument('--overwrite', action='store_true', help='write into a non-empty --output_dir')
     parser.add_argument('--gt_json', help='COCO panoptic ground-truth JSON whose image ids the outputs take '
@@ -74,15 +78,15 @@ def _parse_scales(text: str) -> Tuple[float, ...]:
 
 def _build_runner(args: argparse.Namespace):
     """The SavedModel runner or the checkpoint runner, after checking the flags that choose between them."""
-    scales = _parse_scales(args.scales)
+    scales = None if args.scales is None else _parse_scales(args.scales)
     if args.batch_size < 1:
         raise PredictError(f'--batch_size must be at least 1. Received: {args.batch_size}')
     if args.saved_model:
         if args.config_file or args.checkpoint:
             raise PredictError('Pass either --saved_model or --config_file with --checkpoint, not both')
-        if scales != (1.0,) or args.flip:
-            raise PredictError('--scales and --flip need --config_file/--checkpoint: the SavedModel signatures '
-                               'are single-scale')
+        if scales is not None or args.flip is not None:
+            raise PredictError('--scales and --flip need --config_file/--checkpoint: a SavedModel averages over '
+                               'the scales and flips its config had when it was exported')
         if not os.path.isdir(args.saved_model):
             raise PredictError(f'--saved_model {args.saved_model!r} is not a directory')
         from deeplab_axial.inference import saved_model_runner  # Imports TensorFlow: only once the flags are valid.

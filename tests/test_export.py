@@ -25,6 +25,7 @@ from deeplab_axial.data import synthetic
 from deeplab_axial.data import build_coco_data
 from deeplab_axial.inference import checkpoint_runner, model_loader, saved_model_runner
 from deeplab_axial.model import builder, inference
+from deeplab_axial.protos import config_pb2
 from evaluation import evaluate as evaluation_evaluate
 from trainer import export_model
 
@@ -209,8 +210,10 @@ def test_serve_batch_equals_serving_default_per_image(loaded_export, eval_sample
     for i, image in enumerate(images):
         single = loaded_export.signatures['serving_default'](image=tf.constant(image))
         np.testing.assert_array_equal(batched[common.PRED_PANOPTIC_KEY][i], single[common.PRED_PANOPTIC_KEY][0])
+        # The batch size changes how oneDNN blocks the products (and where the attention splits its sequences into
+        # halves): last-bit differences, amplified by the random weights to ~1e-5.
         np.testing.assert_allclose(batched[common.PRED_SEMANTIC_PROBS_KEY][i],
-                                   single[common.PRED_SEMANTIC_PROBS_KEY][0], atol=1e-5)
+                                   single[common.PRED_SEMANTIC_PROBS_KEY][0], atol=5e-5)
 
 
 _LOAD_WITHOUT_PROJECT = r'''
@@ -321,6 +324,29 @@ def test_checkpoint_runner_equals_the_saved_model(runner, loaded_export, eval_sa
         # The SavedModel's graph is optimised apart from the runner's tf.function: last-bit differences.
         np.testing.assert_allclose(ours[common.PRED_SEMANTIC_PROBS_KEY], served[common.PRED_SEMANTIC_PROBS_KEY],
                                    atol=5e-4)
+
+
+def test_config_scales_and_flips_reach_the_export_and_the_checkpoint_path(panoptic, loaded_export, workdir,
+                                                                         eval_samples):
+    """evaluator_options.eval_scales / add_flipped_images are baked into the SavedModel (as deeplab2's export) and
+    are the checkpoint runner's defaults: both give the same averaged prediction, not the single-scale one."""
+    config = config_pb2.ExperimentOptions()
+    config.CopyFrom(panoptic['config'])
+    config.evaluator_options.eval_scales[:] = [0.75, 1.0]
+    config.evaluator_options.add_flipped_images = True
+    output = str(workdir / 'panoptic_export_multi_scale')
+    export_model.export(config, panoptic['checkpoint'], output)
+    multi = checkpoint_runner.build_runner(_write_config(config, str(workdir / 'multi_scale.textproto')),
+                                           panoptic['checkpoint'])
+    assert multi.scales == (0.75, 1.0) and multi.flip
+    image = _raw_image(eval_samples[0])
+    served = tf.saved_model.load(output).signatures['serving_default'](image=tf.constant(image))
+    ours = multi([image])
+    np.testing.assert_array_equal(ours[common.PRED_PANOPTIC_KEY], served[common.PRED_PANOPTIC_KEY].numpy())
+    np.testing.assert_allclose(ours[common.PRED_SEMANTIC_PROBS_KEY], served[common.PRED_SEMANTIC_PROBS_KEY],
+                               atol=5e-4)
+    single = loaded_export.signatures['serving_default'](image=tf.constant(image))
+    assert np.abs(single[common.PRED_SEMANTIC_PROBS_KEY].numpy() - ours[common.PRED_SEMANTIC_PROBS_KEY]).max() > 1e-2
 
 
 def test_multi_scale_flip_through_the_checkpoint_path(panoptic, runner):

@@ -201,9 +201,14 @@ def test_checkpoint_runner_runs_every_scale_at_its_own_size(rng):
         _recording(_per_pixel_model, sizes), lambda raw: {common.PRED_PANOPTIC_KEY: tf.argmax(
             raw[common.PRED_SEMANTIC_PROBS_KEY], -1, output_type=tf.int32)}, descriptor, common.TASK_PANOPTIC,
         'toy', scales=(0.5, 1.25), input_size=(9, 13))
-    out = runner([rng.integers(0, 256, size=(9, 13, 3), dtype=np.uint8)])
+    image = rng.integers(0, 256, size=(7, 10, 3), dtype=np.uint8)  # Padded into 9 x 13, restored to 7 x 10.
+    out = runner([image])
     assert sizes == [(5, 7), (11, 16)]
-    assert out[common.PRED_PANOPTIC_KEY].shape == (1, 9, 13)
+    assert out[common.PRED_PANOPTIC_KEY].shape == (1, 7, 10)
+    # A flat image keeps its per-pixel class through padding, both scales and the restore, away from the padding.
+    flat = np.broadcast_to(image[:1, :1], image.shape).copy()
+    expected = np.argmax(_per_pixel_model(tf.constant(flat[None], tf.float32))[common.PRED_SEMANTIC_LOGITS_KEY], -1)
+    np.testing.assert_array_equal(runner([flat])[common.PRED_PANOPTIC_KEY][:, :5, :7], expected[:, :5, :7])
 
     sizes.clear()
     classifier = checkpoint_runner.CheckpointRunner(

@@ -66,9 +66,11 @@ def export(config: config_pb2.ExperimentOptions, checkpoint_path: str, output_pa
     loaded = model_loader.load_model(config, checkpoint_path)
     if loaded.task == common.TASK_PANOPTIC:
         module = export_module.PanopticExportModule(loaded.model, loaded.post_processor, loaded.input_size,
-                                                    loaded.resize_options, jit_compile=jit_compile)
+                                                    loaded.resize_options, jit_compile=jit_compile,
+                                                    scales=loaded.scales, flip=loaded.flip)
     else:
-        module = export_module.ClassificationExportModule(loaded.model, loaded.input_size, jit_compile=jit_compile)
+        module = export_module.ClassificationExportModule(loaded.model, loaded.input_size, jit_compile=jit_compile,
+                                                          scales=loaded.scales, flip=loaded.flip)
     parent = os.path.dirname(output_path)
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent, prefix='.export-') as work:

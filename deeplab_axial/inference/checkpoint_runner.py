@@ -99,8 +99,8 @@ class CheckpointRunner:
         return {k: v.numpy() for k, v in outputs.items()}
 
 
-def build_runner(config_file: str, checkpoint: str, scales: Sequence[float] = (1.0,),
-                 flip: bool = False) -> CheckpointRunner:
+def build_runner(config_file: str, checkpoint: str, scales: Optional[Sequence[float]] = None,
+                 flip: Optional[bool] = None) -> CheckpointRunner:
     """Builds a runner from a textproto config and a checkpoint.
 
     The model is built at eval_dataset_options.crop_size and restored from the trainer's checkpoint layout;
@@ -109,8 +109,9 @@ def build_runner(config_file: str, checkpoint: str, scales: Sequence[float] = (1
     Args:
       config_file: experiment config (textproto); unfilled data-path placeholders are fine.
       checkpoint: checkpoint prefix or directory (newest checkpoint).
-      scales: input scales whose raw outputs are averaged before post-processing.
-      flip: also average horizontally flipped inputs.
+      scales: input scales whose raw outputs are averaged before post-processing; None takes the config's
+        evaluator_options.eval_scales.
+      flip: also average horizontally flipped inputs; None takes evaluator_options.add_flipped_images.
 
     Raises:
       FileNotFoundError naming a missing config or checkpoint; ValueError (config_utils.ConfigError,
@@ -123,6 +124,8 @@ def build_runner(config_file: str, checkpoint: str, scales: Sequence[float] = (1
                                 'a .index file, or a directory)')
     loaded = model_loader.load_model(model_loader.load_config(config_file), checkpoint)
     call = tf.function(lambda images: loaded.model(images, training=False))
+    scales = loaded.scales if scales is None else scales
+    flip = loaded.flip if flip is None else flip
     if loaded.task == common.TASK_PANOPTIC:
         return CheckpointRunner(call, loaded.post_processor, loaded.descriptor, loaded.task, loaded.model_name, scales,
                                 flip, input_size=loaded.input_size, resize_options=loaded.resize_options)

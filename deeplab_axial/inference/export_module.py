@@ -4,7 +4,8 @@
 Axial models have a static input size (the eval crop size), so the panoptic signatures run the evaluator's path,
 `deeplab_axial.model.inference`: fit each image into the input size (resize-to-range, down-scale if still too large,
 pad with 127.5), model + post-processing at the input size, then crop and resize every output back to the image
-size. The outputs are the post-processing keys (`panoptic_pred`, `semantic_pred`, `instance_pred`,
+size. The config's evaluator_options.eval_scales and add_flipped_images are part of the model, as in deeplab2's
+export: the raw outputs are averaged over the rescaled and mirrored inputs (`multi_scale`) before post-processing. The outputs are the post-processing keys (`panoptic_pred`, `semantic_pred`, `instance_pred`,
 `instance_scores`, `instance_center_pred`, `semantic_probs`, `center_heatmap`, `offset_map`) with a batch
 dimension. Classification signatures resize and centre-crop as the eval pipeline does and return `logits`,
 `top5_classes` and `top5_probs`.
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial.data import preprocessing
+from deeplab_axial.inference import multi_scale
 from deeplab_axial.model import inference
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 
@@ -86,20 +88,26 @@ class PanopticExportModule(_ExportModule):
       input_size: (height, width) the model was built for.
       resize_options: `fit_to_input_size` resize-to-range keywords (the eval dataset's).
       jit_compile: compile model + post-processing at the input size with XLA.
+      scales: input scales whose raw outputs are averaged before post-processing (evaluator_options.eval_scales).
+      flip: also average over mirrored inputs (evaluator_options.add_flipped_images).
     """
 
     def __init__(self, model: keras.Model, post_processor: PostProcessor, input_size: Sequence[int],
-                 resize_options: Mapping[str, int], jit_compile: bool = False):
+                 resize_options: Mapping[str, int], jit_compile: bool = False, scales: Sequence[float] = (1.0,),
+                 flip: bool = False):
         super().__init__(model, name='deeplab_axial_panoptic')
         self._post_processor = post_processor
         self._input_size = tuple(int(s) for s in input_size)
+        self._scales = tuple(float(s) for s in scales)
+        self._flip = bool(flip)
         # Tuples, not dicts: tf.Module would wrap dicts for tracking, and wrapped dicts do not trace as outputs.
         self._resize_options = tuple(sorted(resize_options.items()))
         self._predict_at_input_size = tf.function(self._predict_fn, jit_compile=True) if jit_compile \
             else self._predict_fn
 
     def _predict_fn(self, padded: tf.Tensor) -> Dict[str, tf.Tensor]:
-        predictions = inference.panoptic_predictions(self._model, self._post_processor, padded)
+        predictions = inference.panoptic_predictions(self._model, self._post_processor, padded, self._scales,
+                                                     self._flip)
         return {key: predictions[key] for key in PANOPTIC_OUTPUT_KEYS}
 
     def _fit(self, image: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -124,15 +132,24 @@ class ClassificationExportModule(_ExportModule):
       model: the built, restored classifier.
       input_size: (height, width) of the eval crop.
       jit_compile: compile the model at the input size with XLA.
+      scales: input scales whose class probabilities are averaged (evaluator_options.eval_scales).
+      flip: also average over mirrored inputs (evaluator_options.add_flipped_images).
     """
 
-    def __init__(self, model: keras.Model, input_size: Sequence[int], jit_compile: bool = False):
+    def __init__(self, model: keras.Model, input_size: Sequence[int], jit_compile: bool = False,
+                 scales: Sequence[float] = (1.0,), flip: bool = False):
         super().__init__(model, name='deeplab_axial_classification')
         self._input_size = tuple(int(s) for s in input_size)
+        self._scales = tuple(float(s) for s in scales)
+        self._flip = bool(flip)
         self._logits = tf.function(self._logits_fn, jit_compile=True) if jit_compile else self._logits_fn
 
     def _logits_fn(self, crops: tf.Tensor) -> tf.Tensor:
-        return self._model(crops)[common.PRED_LOGITS_KEY]
+        def logits(x):
+            return {common.PRED_LOGITS_KEY: self._model(x)[common.PRED_LOGITS_KEY]}
+        if self._scales == (1.0,) and not self._flip:
+            return logits(crops)[common.PRED_LOGITS_KEY]
+        return multi_scale.multi_scale_predict(logits, crops, self._scales, self._flip)[common.PRED_LOGITS_KEY]
 
     def predict(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         """uint8 [batch, height, width, 3] -> logits [batch, classes], top-5 classes (int32) and probabilities."""

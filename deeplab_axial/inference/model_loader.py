@@ -41,6 +41,8 @@ class InferenceModel:
       resize_options: eval_dataset_options' resize-to-range (`min_resize_value`, `max_resize_value`,
         `resize_factor`; 0 = off), keyword arguments of `deeplab_axial.model.inference.fit_to_input_size`.
       checkpoint_path: the checkpoint prefix that was restored.
+      scales: evaluator_options.eval_scales ((1.0,) when empty): the input scales inference averages over.
+      flip: evaluator_options.add_flipped_images: inference also averages over mirrored inputs.
     """
     model: keras.Model
     post_processor: Optional[PostProcessor]
@@ -50,6 +52,8 @@ class InferenceModel:
     input_size: Tuple[int, int]
     resize_options: Dict[str, int]
     checkpoint_path: str
+    scales: Tuple[float, ...] = (1.0,)
+    flip: bool = False
 
 
 def load_config(config_file: str, config_params: Optional[Mapping[str, str]] = None
@@ -152,4 +156,5 @@ def load_model(config: config_pb2.ExperimentOptions, checkpoint: str) -> Inferen
     post_processor = builder.build_post_processor(config, descriptor) if task == common.TASK_PANOPTIC else None
     return InferenceModel(model=model, post_processor=post_processor, descriptor=descriptor, task=task,
                           model_name=name, input_size=size, resize_options=resize_options(config),
-                          checkpoint_path=path)
+                          checkpoint_path=path, scales=config_utils.eval_scales(config.evaluator_options),
+                          flip=config.evaluator_options.add_flipped_images)
