@@ -15,8 +15,8 @@ against that ground truth directly.
 
 The SavedModel path imports neither the trainer nor the model code; it averages over the scales and flips its
 config had at export (evaluator_options.eval_scales, add_flipped_images). The --config_file/--checkpoint path takes
-the same from the config, and --scales / --flip (--no-flip) override them. Files that cannot be read as JPEG/PNG are named and skipped;
-the run then ends with exit status 1 after writing everything else.
+the same from the config, and --scales / --flip (--no-flip) override them. Files that cannot be read as JPEG/PNG
+are named and skipped; the run then ends with exit status 1 after writing everything else.
 """
 
 import argparse

@@ -3,9 +3,10 @@
 Per eval batch (any batch size, all replicas, `trainer/replica_eval.py`): the model and Panoptic-DeepLab
 post-processing run through the shared `deeplab_axial.model.inference.panoptic_predictions` (the path export and
 predict use; with evaluator_options.eval_scales / add_flipped_images it averages the raw outputs over the rescaled
-and mirrored batch first, as deeplab2's evaluator does), then per example `restore_to_image_size` crops the prediction to `size_resized` and resizes it to
-`size_raw`, and `evaluation.PanopticEvaluator` compares it with the raw labels (`panoptic_raw[:h, :w]`):
-PQ/SQ/RQ (All, Things, Stuff), mask AP from `instance_scores`, mIoU from `semantic_pred`.
+and mirrored batch first, as deeplab2's evaluator does), then per example `restore_to_image_size` crops the
+prediction to `size_resized` and resizes it to `size_raw`, and `evaluation.PanopticEvaluator` compares it with the
+raw labels (`panoptic_raw[:h, :w]`): PQ/SQ/RQ (All, Things, Stuff), mask AP from `instance_scores`, mIoU from
+`semantic_pred`.
 
 Results use deeplab2's TensorBoard names (`evaluation/pq/PQ`, `evaluation/ap/AP_Mask`, `evaluation/iou/IoU`, ...),
 go to experiment_dir/eval_results.json, and a few "prediction | ground truth" overlays go to the eval summaries.

@@ -5,10 +5,11 @@ Axial models have a static input size (the eval crop size), so the panoptic sign
 `deeplab_axial.model.inference`: fit each image into the input size (resize-to-range, down-scale if still too large,
 pad with 127.5), model + post-processing at the input size, then crop and resize every output back to the image
 size. The config's evaluator_options.eval_scales and add_flipped_images are part of the model, as in deeplab2's
-export: the raw outputs are averaged over the rescaled and mirrored inputs (`multi_scale`) before post-processing. The outputs are the post-processing keys (`panoptic_pred`, `semantic_pred`, `instance_pred`,
-`instance_scores`, `instance_center_pred`, `semantic_probs`, `center_heatmap`, `offset_map`) with a batch
-dimension. Classification signatures resize and centre-crop as the eval pipeline does and return `logits`,
-`top5_classes` and `top5_probs`.
+export: the raw outputs are averaged over the rescaled and mirrored inputs (`multi_scale`) before post-processing.
+The outputs are the post-processing keys (`panoptic_pred`, `semantic_pred`, `instance_pred`, `instance_scores`,
+`instance_center_pred`, `semantic_probs`, `center_heatmap`, `offset_map`) with a batch dimension. Classification
+signatures resize and centre-crop as the eval pipeline does and return `logits`, `top5_classes` and `top5_probs`
+(with scales or flips: `logits` are the log of the averaged probabilities).
 
 Only standard TensorFlow ops are used, so the export loads with `tf.saved_model.load` alone. With `jit_compile`
 the static-size part (model + post-processing) is compiled with XLA; the default graph has no XLA clusters.
@@ -23,7 +24,6 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial.data import preprocessing
-from deeplab_axial.inference import multi_scale
 from deeplab_axial.model import inference
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 
@@ -145,11 +145,7 @@ class ClassificationExportModule(_ExportModule):
         self._logits = tf.function(self._logits_fn, jit_compile=True) if jit_compile else self._logits_fn
 
     def _logits_fn(self, crops: tf.Tensor) -> tf.Tensor:
-        def logits(x):
-            return {common.PRED_LOGITS_KEY: self._model(x)[common.PRED_LOGITS_KEY]}
-        if self._scales == (1.0,) and not self._flip:
-            return logits(crops)[common.PRED_LOGITS_KEY]
-        return multi_scale.multi_scale_predict(logits, crops, self._scales, self._flip)[common.PRED_LOGITS_KEY]
+        return inference.classification_logits(self._model, crops, self._scales, self._flip)
 
     def predict(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         """uint8 [batch, height, width, 3] -> logits [batch, classes], top-5 classes (int32) and probabilities."""

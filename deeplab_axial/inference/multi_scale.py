@@ -16,7 +16,7 @@ from typing import Callable, Dict, Sequence
 import tensorflow as tf
 
 from deeplab_axial import common
-from deeplab_axial.model.decoder.panoptic_deeplab import resize_align_corners
+from deeplab_axial.model.decoder.panoptic_deeplab import resize_align_corners, resize_offsets_align_corners
 
 RawPredictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
@@ -36,10 +36,8 @@ def resize_back(outputs: Dict[str, tf.Tensor], height: int, width: int) -> Dict[
         resized[common.PRED_CENTER_HEATMAP_KEY] = resize_align_corners(
             outputs[common.PRED_CENTER_HEATMAP_KEY][..., None], [height, width])[..., 0]
     if common.PRED_OFFSET_MAP_KEY in outputs:
-        offsets = outputs[common.PRED_OFFSET_MAP_KEY]
-        # align_corners maps first to first and last to last pixel: distances scale by (size - 1) / (scaled - 1).
-        ratio = [(size - 1) / max(int(scaled) - 1, 1) for size, scaled in zip((height, width), offsets.shape[1:3])]
-        resized[common.PRED_OFFSET_MAP_KEY] = resize_align_corners(offsets, [height, width]) * tf.constant(ratio)
+        resized[common.PRED_OFFSET_MAP_KEY] = resize_offsets_align_corners(outputs[common.PRED_OFFSET_MAP_KEY],
+                                                                           [height, width])
     if common.PRED_LOGITS_KEY in outputs:
         resized[common.PRED_LOGITS_KEY] = outputs[common.PRED_LOGITS_KEY]
     return resized

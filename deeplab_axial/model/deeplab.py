@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial.model.decoder.panoptic_deeplab import (InstanceLastLayers, PanopticDeepLabDecoder,
-                                                          prediction_conv, resize_align_corners)
+                                                          prediction_conv, resize_align_corners,
+                                                          resize_offsets_align_corners)
 from deeplab_axial.model.encoder.axial_resnet import AxialResNet
 
 
@@ -89,13 +90,9 @@ class AxialDeepLab(keras.Model):
         heads = self.decoder(features, training=training)
         semantic = self.semantic_last_layer(heads['semantic'])
         center, offset = self.instance_last_layer(heads['center'], heads['offset'])
-        feature_size = semantic.shape[1:3]
-        # align_corners maps pixel 0 to 0 and the last to the last: distances scale by (size - 1) / (feature - 1).
-        ratio = [(s - 1) / max(f - 1, 1) for s, f in zip(size, feature_size)]
-        offset = resize_align_corners(offset, size) * tf.constant(ratio, tf.float32)
         return {common.PRED_SEMANTIC_LOGITS_KEY: resize_align_corners(semantic, size),
                 common.PRED_CENTER_HEATMAP_KEY: tf.squeeze(resize_align_corners(center, size), -1),
-                common.PRED_OFFSET_MAP_KEY: offset}
+                common.PRED_OFFSET_MAP_KEY: resize_offsets_align_corners(offset, size)}
 
     def get_config(self) -> dict:
         return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config,

@@ -9,6 +9,7 @@ functions:
                           bottom/right with the eval pipeline's 127.5)
   panoptic_predictions    model + softmax + Panoptic-DeepLab post-processing on a batch at the input size, with
                           optional multi-scale / flipped averaging of the raw outputs first (`multi_scale`)
+  classification_logits   a classifier's logits on a batch at the input size, optionally averaged the same way
   restore_to_image_size   one example's predictions cropped to the valid region and resized back to the raw size
 
 Post-processing runs at the model's input size (static shapes, XLA-friendly) and the panoptic map is then resized
@@ -67,6 +68,20 @@ def panoptic_predictions(model: Callable, post_processor: Callable, images: tf.T
     if tuple(scales) == (1.0,) and not flip:
         return post_processor(model(images, training=False))
     return post_processor(multi_scale.multi_scale_predict(lambda x: model(x, training=False), images, scales, flip))
+
+
+def classification_logits(model: Callable, images: tf.Tensor, scales: Sequence[float] = (1.0,),
+                          flip: bool = False) -> tf.Tensor:
+    """images float32 [batch, h, w, 3] at the model's input size -> logits [batch, classes].
+
+    With scales other than (1.0,) or `flip`, the log of the class probabilities averaged over the rescaled /
+    mirrored images (`multi_scale.multi_scale_predict`): it ranks the classes as the averaged probabilities do.
+    """
+    def logits(x):
+        return {common.PRED_LOGITS_KEY: model(x, training=False)[common.PRED_LOGITS_KEY]}
+    if tuple(scales) == (1.0,) and not flip:
+        return logits(images)[common.PRED_LOGITS_KEY]
+    return multi_scale.multi_scale_predict(logits, images, scales, flip)[common.PRED_LOGITS_KEY]
 
 
 def restore_to_image_size(predictions: Dict[str, tf.Tensor], resized_size: tf.Tensor,

@@ -28,6 +28,16 @@ def resize_align_corners(x: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     return tf.compat.v1.image.resize(x, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True)
 
 
+def resize_offsets_align_corners(offsets: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """[batch, h, w, 2] (dy, dx) offsets in pixels -> [batch, *size, 2] in the new size's pixels.
+
+    align_corners maps the first pixel to the first and the last to the last, so distances scale by
+    (size - 1) / (h - 1) per axis.
+    """
+    ratio = [(new - 1) / max(int(old) - 1, 1) for new, old in zip(size, offsets.shape[1:3])]
+    return resize_align_corners(offsets, size) * tf.constant(ratio, offsets.dtype)
+
+
 @keras.saving.register_keras_serializable(package='deeplab_axial')
 class PanopticDeepLabBranch(keras.layers.Layer):
     """One decoder branch: 1x1 projection of the top feature, two upsample-concat-fuse stages.
