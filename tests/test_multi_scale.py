@@ -93,16 +93,6 @@ def test_classification_logits_average_as_probabilities(rng):
     np.testing.assert_allclose(tf.nn.softmax(out[common.PRED_LOGITS_KEY]), expected, rtol=1e-5)
 
 
-def _constant_offset_model(images):
-    """Pointwise model: logits from the colour, heatmap = red / 255, offsets (dy, dx) = (1, 2) of its own pixels."""
-    shape = tf.shape(images)
-    return {
-        common.PRED_SEMANTIC_LOGITS_KEY: images / 50.0,
-        common.PRED_CENTER_HEATMAP_KEY: images[..., 0] / 255.0,
-        common.PRED_OFFSET_MAP_KEY: tf.ones([shape[0], shape[1], shape[2], 2]) * tf.constant([1.0, 2.0]),
-    }
-
-
 def _recording(model, sizes):
     def run(images):
         sizes.append(tuple(int(s) for s in images.shape[1:3]))
@@ -119,10 +109,10 @@ def test_scaled_size_keeps_stride_aligned_crops():
     assert multi_scale.scaled_size(17, 0.01) == 1
 
 
-def test_flip_negates_dx_and_flips_back(rng):
+def test_flip_negates_dx_and_flips_back(rng, constant_offset_model):
     images = tf.constant(rng.uniform(0, 255, (2, 9, 11, 3)), tf.float32)
-    single = multi_scale.multi_scale_predict(_constant_offset_model, images)
-    flipped = multi_scale.multi_scale_predict(_constant_offset_model, images, flip=True)
+    single = multi_scale.multi_scale_predict(constant_offset_model, images)
+    flipped = multi_scale.multi_scale_predict(constant_offset_model, images, flip=True)
     # The pointwise model gives the same maps on the flipped image once flipped back; dx averages 2 and -2 to 0.
     np.testing.assert_allclose(flipped[common.PRED_SEMANTIC_PROBS_KEY], single[common.PRED_SEMANTIC_PROBS_KEY],
                                atol=1e-6)
@@ -142,10 +132,10 @@ def test_flip_negates_dx_and_flips_back(rng):
     np.testing.assert_allclose(averaged[..., 0], 0.0, atol=1e-6)
 
 
-def test_offsets_are_rescaled_to_input_pixels():
+def test_offsets_are_rescaled_to_input_pixels(constant_offset_model):
     images = tf.fill([1, 17, 33, 3], 100.0)
     sizes = []
-    out = multi_scale.multi_scale_predict(_recording(_constant_offset_model, sizes), images, scales=(0.5, 2.0))
+    out = multi_scale.multi_scale_predict(_recording(constant_offset_model, sizes), images, scales=(0.5, 2.0))
     assert sizes == [(9, 17), (33, 65)]
     assert out[common.PRED_SEMANTIC_PROBS_KEY].shape == (1, 17, 33, 3)
     # align_corners: at scale 0.5 one model pixel is 16/8 (y) and 32/16 (x) input pixels; at 2.0, 16/32 and 32/64.
@@ -156,12 +146,12 @@ def test_offsets_are_rescaled_to_input_pixels():
     np.testing.assert_allclose(out[common.PRED_CENTER_HEATMAP_KEY], 100.0 / 255.0, rtol=1e-5)
 
 
-def test_post_processing_of_the_average_compiles_with_xla(rng):
+def test_post_processing_of_the_average_compiles_with_xla(rng, constant_offset_model):
     images = tf.constant(rng.uniform(0, 255, (1, 17, 21, 3)), tf.float32)
     pp = PostProcessor(num_classes=3, label_divisor=100, ignore_label=0, thing_classes=(1,), keep_k_centers=5)
 
     def infer(x):
-        return pp(multi_scale.multi_scale_predict(_constant_offset_model, x, scales=(0.75, 1.0), flip=True))
+        return pp(multi_scale.multi_scale_predict(constant_offset_model, x, scales=(0.75, 1.0), flip=True))
 
     eager, compiled = infer(images), tf.function(infer, jit_compile=True)(images)
     for key in (common.PRED_PANOPTIC_KEY, common.PRED_INSTANCE_KEY):

@@ -242,23 +242,13 @@ def test_round_trip_targets_as_perfect_predictions_give_pq_one(rng):
         assert len(pairs) == len(np.unique(pan)) == len(np.unique(pred))
 
 
-def _fake_model(images):
-    """Pointwise model: logits from the colour, heatmap = red / 255, offsets (dy, dx) = (1, 2) input pixels."""
-    shape = tf.shape(images)
-    return {
-        common.PRED_SEMANTIC_LOGITS_KEY: images / 50.0,
-        common.PRED_CENTER_HEATMAP_KEY: images[..., 0] / 255.0,
-        common.PRED_OFFSET_MAP_KEY: tf.ones([shape[0], shape[1], shape[2], 2]) * tf.constant([1.0, 2.0]),
-    }
-
-
-def test_dynamic_batch_and_size_in_graph_mode(rng):
+def test_dynamic_batch_and_size_in_graph_mode(rng, constant_offset_model):
     """As in an exported serving signature: batch, height and width unknown when tracing."""
     images = tf.constant(rng.uniform(0, 255, (2, 15, 19, 3)), tf.float32)
     pp = PostProcessor(num_classes=3, label_divisor=100, ignore_label=0, thing_classes=(1,), keep_k_centers=5)
 
     def infer(x):
-        return pp(_fake_model(x))
+        return pp(constant_offset_model(x))
 
     traced = tf.function(infer, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     got, want = traced(images), infer(images)
