@@ -72,3 +72,14 @@ def test_errors_name_the_field():
     config.model_options.panoptic_deeplab.low_level[0].feature_key = 'res4'
     with pytest.raises(builder.ModelConfigError, match='feature_key'):
         builder.build_model(config, descriptor)
+
+
+def test_layer_multiplier_truncates_block_counts_as_deeplab2():
+    """deeplab2's utils.scale_int_list: int(count * multiplier); a stage left without blocks is an error."""
+    config, descriptor = _load('configs/cityscapes/axial_deeplab/axial_deeplab_s_os16.textproto')
+    config.model_options.backbone.backbone_layer_multiplier = 0.5
+    assert builder.build_model(config, descriptor).encoder_config['blocks_per_stage'] == [1, 2, 3, 1]
+    config.model_options.backbone.backbone_layer_multiplier = 0.3
+    with pytest.raises(builder.ModelConfigError,
+                       match=r'backbone_layer_multiplier: 0.3 leaves a stage .* without blocks: \[0, 1, 1, 0\]'):
+        builder.build_model(config, descriptor)

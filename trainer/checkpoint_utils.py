@@ -3,16 +3,22 @@
 The controller calls the returned function only when model_dir holds no checkpoint of its own. It restores the
 model's `checkpoint_items` (common.CKPT_* names: encoder, decoder, heads) from the initial checkpoint, leaving out
 the last layers the config asks to re-initialise (e.g. a different number of classes), and never the optimizer or
-the step: a fine-tuning run starts at step 0.
+the step: a fine-tuning run starts at step 0. A deeplab2 checkpoint (tf-keras names, `encoder/_stage2/...`) is read
+through `deeplab2_checkpoint` (the model must be built with backbone.deeplab2_layout).
 """
 
+import re
 from typing import Any, Callable, Mapping
 
 import tensorflow as tf
 from absl import logging
 
 from deeplab_axial import common
+from deeplab_axial.model import deeplab2_checkpoint
 from deeplab_axial.protos import model_pb2
+
+# Keys of a deeplab2 encoder (tf-keras attribute names of its stem and stages).
+_DEEPLAB2_ENCODER = re.compile(f'{common.CKPT_ENCODER}/_(stem|stage[1-5])/')
 
 
 def items_to_restore(model_options: model_pb2.ModelOptions, checkpoint_items: Mapping[str, Any]) -> dict:
@@ -42,8 +48,12 @@ def make_init_fn(model_options: model_pb2.ModelOptions,
         if not prefix or not tf.io.gfile.exists(prefix + '.index'):
             raise ValueError(f'model_options.initial_checkpoint {path!r} is not a checkpoint (no {path}.index) nor '
                              'a folder holding one')
-        in_checkpoint = {name.split('/')[0] for name, _ in tf.train.list_variables(prefix)}
+        names = [name for name, _ in tf.train.list_variables(prefix)]
         items = items_to_restore(model_options, checkpoint_items)
+        if any(_DEEPLAB2_ENCODER.match(name) for name in names):
+            _init_from_deeplab2(model_options, items, prefix)
+            return
+        in_checkpoint = {name.split('/')[0] for name in names}
         restored, absent = [], []
         for name, item in sorted(items.items()):
             # An ImageNet checkpoint has no decoder or heads; a panoptic one has no classification head.
@@ -67,3 +77,16 @@ def make_init_fn(model_options: model_pb2.ModelOptions,
         logging.info('Initialised %s from %s (not in it: %s)', restored, prefix, absent)
 
     return init_fn
+
+
+def _init_from_deeplab2(model_options: model_pb2.ModelOptions, items: Mapping[str, Any], prefix: str) -> None:
+    """Initialises the items a deeplab2 checkpoint holds (all four of a Panoptic-DeepLab one, the encoder of an
+    ImageNet one)."""
+    if not model_options.backbone.deeplab2_layout:
+        raise ValueError(f'model_options.initial_checkpoint {prefix} is a deeplab2 checkpoint: set '
+                         'model_options.backbone.deeplab2_layout: true so that the encoder has its layout')
+    readable = deeplab2_checkpoint.readable_items(prefix)
+    chosen = {name: item for name, item in items.items() if name in readable}
+    assigned = deeplab2_checkpoint.load_deeplab2_checkpoint(chosen, prefix)
+    logging.info('Initialised %s (%d variables) from the deeplab2 checkpoint %s (not read: %s)', sorted(chosen),
+                 len(assigned), prefix, sorted(set(items) - set(chosen)))

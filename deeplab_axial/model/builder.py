@@ -4,7 +4,10 @@ Mapping of config fields to registry overrides:
 - `backbone.name` is a registry name (`deeplab_axial.model.registry`). Width, stem width and output stride override
   the variant only when the field is set in the config: deeplab2 always passed `backbone_width_multiplier` (default
   1.0), which silently turned its Axial-DeepLab-S into L.
-- `backbone_layer_multiplier` scales the blocks per stage (rounded, at least 1); `axial_span: 0` is global attention.
+- `deeplab2_layout` builds the encoder that deeplab2 checkpoints hold (`deeplab2_checkpoint.DEEPLAB2_LAYOUT`, with
+  the config's stem width, default 1).
+- `backbone_layer_multiplier` scales the blocks per stage, truncated as deeplab2 does (each stage needs one block);
+  `axial_span: 0` is global attention.
 - The decoder widths come from `decoder`, `panoptic_deeplab.low_level`, `panoptic_deeplab.instance` and the heads.
 - Batch norm follows `trainer_options.solver_options` (sync BN, momentum, epsilon).
 """
@@ -15,7 +18,7 @@ import keras
 
 from deeplab_axial import common
 from deeplab_axial.data.dataset import DatasetDescriptor
-from deeplab_axial.model import registry
+from deeplab_axial.model import deeplab2_checkpoint, registry
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 from deeplab_axial.protos import config_pb2
 
@@ -36,11 +39,19 @@ def _encoder_overrides(config: config_pb2.ExperimentOptions) -> dict:
         overrides['output_stride'] = backbone.output_stride
     if backbone.HasField('backbone_width_multiplier'):
         overrides['width_multiplier'] = backbone.backbone_width_multiplier
-    if backbone.HasField('stem_width_multiplier'):
+    if backbone.deeplab2_layout:
+        overrides.update(deeplab2_checkpoint.DEEPLAB2_LAYOUT)
+    if backbone.HasField('stem_width_multiplier') or backbone.deeplab2_layout:
         overrides['stem_width_multiplier'] = backbone.stem_width_multiplier
     if backbone.HasField('backbone_layer_multiplier'):
         blocks = registry.MODELS[backbone.name]['encoder']['blocks_per_stage']
-        overrides['blocks_per_stage'] = [max(1, round(b * backbone.backbone_layer_multiplier)) for b in blocks]
+        # deeplab2 truncates (utils.scale_int_list), so a config builds the same depth in both.
+        overrides['blocks_per_stage'] = [int(b * backbone.backbone_layer_multiplier) for b in blocks]
+        if min(overrides['blocks_per_stage']) < 1:
+            raise ModelConfigError(
+                f'model_options.backbone.backbone_layer_multiplier: {backbone.backbone_layer_multiplier:g} leaves a '
+                f'stage of {backbone.name} ({blocks} blocks) without blocks: {overrides["blocks_per_stage"]} (the '
+                'counts are truncated, as in deeplab2)')
     if backbone.HasField('axial_span'):
         overrides['span'] = backbone.axial_span or None
     return overrides

@@ -45,6 +45,8 @@ class AxialResNet(keras.layers.Layer):
       bn_momentum: momentum of every batch norm.
       bn_epsilon: epsilon of every batch norm.
       use_sync_batchnorm: synchronise batch statistics across replicas.
+      project_strided_shortcut: False subsamples, rather than projects, the shortcut of a strided block whose
+        channels do not change (deeplab2; see `deeplab2_checkpoint`).
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
@@ -54,7 +56,7 @@ class AxialResNet(keras.layers.Layer):
                  span: Optional[int] = None, stem_span: Optional[int] = 15, drop_path_keep_prob: float = 1.0,
                  drop_path_schedule: str = 'constant', num_heads: int = 8, block_size: int = 64,
                  max_span: int = 255, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 use_sync_batchnorm: bool = False, **kwargs):
+                 use_sync_batchnorm: bool = False, project_strided_shortcut: bool = True, **kwargs):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f'AxialResNet: `stem` must be one of {STEMS}. Received: stem={stem!r}')
@@ -82,6 +84,7 @@ class AxialResNet(keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.use_sync_batchnorm = use_sync_batchnorm
+        self.project_strided_shortcut = project_strided_shortcut
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         block_args = dict(num_heads=num_heads, block_size=block_size, max_span=max_span, **bn_args)
 
@@ -110,7 +113,7 @@ class AxialResNet(keras.layers.Layer):
                 blocks.append(AxialBlock(
                     _scaled(64 * 2 ** stage, width_multiplier), stride if i == 0 else 1, span,
                     drop_path_keep_prob=self._keep_prob(index, total), name=f'{ENDPOINTS[stage]}_block{i + 1}',
-                    **block_args))
+                    project_strided_shortcut=project_strided_shortcut, **block_args))
                 index += 1
             stages.append(blocks)
         for layer in stem_layers + [block for blocks in stages for block in blocks]:
@@ -165,7 +168,8 @@ class AxialResNet(keras.layers.Layer):
                       drop_path_keep_prob=self.drop_path_keep_prob, drop_path_schedule=self.drop_path_schedule,
                       num_heads=self.num_heads, block_size=self.block_size, max_span=self.max_span,
                       bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                      use_sync_batchnorm=self.use_sync_batchnorm)
+                      use_sync_batchnorm=self.use_sync_batchnorm,
+                      project_strided_shortcut=self.project_strided_shortcut)
         return config
 
 

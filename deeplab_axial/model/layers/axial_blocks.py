@@ -4,6 +4,9 @@ height-axis and a width-axis attention layer.
     1x1 conv 2f -> BN -> ReLU -> AxialAttention2D(f: Dk = f, Dv = 2f) -> ReLU -> 1x1 conv 4f -> BN (gamma = 0)
     (+ drop path) + shortcut (1x1 conv with stride + BN when the shape changes) -> ReLU
 
+deeplab2 projects the shortcut only when the channels change and subsamples it, x[:, ::s, ::s], when only the
+stride does; `project_strided_shortcut=False` builds that variant (to run deeplab2's checkpoints).
+
 f is deeplab2's `filters_list[1]`; for Axial-ResNet-L's first stage f = 64 (d_q = 8, d_out = 16 per head).
 """
 
@@ -32,12 +35,15 @@ class AxialBlock(keras.layers.Layer):
       use_sync_batchnorm: synchronise batch statistics across replicas.
       block_size: query block size of local attention.
       max_span: relative tables have 2 * max_span - 1 rows.
+      project_strided_shortcut: a strided block whose channels do not change projects its shortcut by a strided
+        1x1 conv + BN (True, ResNet) or subsamples it (False, deeplab2).
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
     def __init__(self, filters: int, strides: int = 1, span: Optional[int] = None, num_heads: int = 8,
                  drop_path_keep_prob: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 use_sync_batchnorm: bool = False, block_size: int = 64, max_span: int = 255, **kwargs):
+                 use_sync_batchnorm: bool = False, block_size: int = 64, max_span: int = 255,
+                 project_strided_shortcut: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
@@ -49,6 +55,7 @@ class AxialBlock(keras.layers.Layer):
         self.use_sync_batchnorm = use_sync_batchnorm
         self.block_size = block_size
         self.max_span = max_span
+        self.project_strided_shortcut = project_strided_shortcut
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         self.shortcut: Optional[ConvBN] = None
         # === Layers ===
@@ -66,7 +73,7 @@ class AxialBlock(keras.layers.Layer):
         self.attention.build(attention_input)
         attention_output = self.attention.compute_output_shape(attention_input)
         self.conv3.build(attention_output)
-        if self.strides != 1 or input_shape[-1] != 4 * self.filters:
+        if input_shape[-1] != 4 * self.filters or (self.strides != 1 and self.project_strided_shortcut):
             self.shortcut = ConvBN(4 * self.filters, 1, self.strides, activation=False, name='shortcut',
                                    **self._bn_args)
             self.shortcut.build(input_shape)
@@ -77,7 +84,10 @@ class AxialBlock(keras.layers.Layer):
         x = self.conv1(inputs, training=training)
         x = tf.nn.relu(self.attention(x, training=training))
         x = self.drop_path(self.conv3(x, training=training), training=training)
-        shortcut = inputs if self.shortcut is None else self.shortcut(inputs, training=training)
+        if self.shortcut is not None:
+            shortcut = self.shortcut(inputs, training=training)
+        else:
+            shortcut = inputs[:, ::self.strides, ::self.strides] if self.strides != 1 else inputs
         return tf.nn.relu(x + shortcut)
 
     def compute_output_shape(self, input_shape):
@@ -87,5 +97,6 @@ class AxialBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(filters=self.filters, strides=self.strides, span=self.span, num_heads=self.num_heads,
                       drop_path_keep_prob=self.drop_path_keep_prob, block_size=self.block_size,
-                      max_span=self.max_span, **self._bn_args)
+                      max_span=self.max_span, project_strided_shortcut=self.project_strided_shortcut,
+                      **self._bn_args)
         return config

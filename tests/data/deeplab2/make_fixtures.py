@@ -1,0 +1,110 @@
+"""Writes the deeplab2 checkpoints that tests/test_deeplab2_checkpoint.py reads; not run by the tests.
+
+It needs deeplab2 itself, which our package does not depend on: a checkout of google-research/deeplab2 (these files
+come from commit 64bc1c1) with its protos compiled, and tf-keras beside TensorFlow:
+
+    python -m venv --system-site-packages /tmp/d2env && /tmp/d2env/bin/pip install "tf-keras~=2.21.0"
+    (cd DEEPLAB2_PARENT && python -m grpc_tools.protoc -I. --python_out=. deeplab2/*.proto)
+    PYTHONPATH=DEEPLAB2_PARENT /tmp/d2env/bin/python tests/data/deeplab2/make_fixtures.py
+
+axial_deeplab_s/: deeplab2's Panoptic-DeepLab with its `axial_deeplab_s` encoder (Inception stem, output stride 16)
+and the decoder of its Cityscapes Axial-DeepLab configs (1x1-projection "ASPP", depthwise-separable fusions and
+heads) at the reduced widths of its model_options.textproto; every checkpoint item, as deeplab2's trainer saves
+them.
+axial_resnet_s/: deeplab2's `axial_resnet_s` encoder (7x7 conv stem, output stride 32) as item `encoder`.
+Both at width 0.125, stem width 0.25 and blocks [1, 1, 2, 1] (layer multiplier 0.34, truncated), so that the files
+stay small. Every variable is drawn at random (batch-norm scales and shifts included, so that no layer is an
+identity), the batch-norm statistics are set to those of the images, and the two odd-sized images run in inference
+mode; ckpt-1 holds the checkpoint, outputs.npz the images, the encoder's res2..res5 and (panoptic model) the
+semantic logits, center heatmap, offset map and deeplab2's panoptic, semantic and instance predictions.
+"""
+
+import os
+
+os.environ['TF_USE_LEGACY_KERAS'] = '1'
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from deeplab2.model.encoder import axial_resnet_instances  # noqa: E402
+
+WIDTHS = dict(width_multiplier=0.125, stem_width_multiplier=0.25, backbone_layer_multiplier=0.34)
+IMAGE_SHAPE = [2, 33, 49, 3]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _randomise(weights, rng) -> None:
+    for variable in weights:
+        if 'moving_variance' in variable.name or 'gamma' in variable.name:
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+        elif 'last_layer/kernel' in variable.name:
+            # Strong enough that the predictions vary over the image: several classes, centers and instances.
+            variable.assign(rng.normal(0.0, 3.0 / np.sqrt(variable.shape[-2]), variable.shape))
+        elif 'moving_mean' in variable.name or 'beta' in variable.name or 'bias' in variable.name:
+            variable.assign(rng.normal(0.0, 0.2, variable.shape))
+        else:
+            variable.assign(variable + rng.normal(0.0, 0.02, variable.shape))
+
+
+def _calibrate_batch_norms(model, images) -> None:
+    """Sets every moving mean and variance to the statistics of `images` (one training pass at momentum 0), so that
+    features keep their spread through the random network instead of collapsing to constants."""
+    layers = [layer for layer in model.submodules if hasattr(layer, 'moving_mean') and hasattr(layer, 'momentum')]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer in layers:
+        layer.momentum = 0.99
+
+
+def _endpoints(encoder, images) -> dict:
+    endpoints = encoder(images, training=False)
+    return {key: endpoints[key].numpy() for key in ('res2', 'res3', 'res4', 'res5')}
+
+
+def make_panoptic_fixture(directory: str) -> None:
+    from google.protobuf import text_format
+    from deeplab2 import config_pb2
+    from deeplab2.data import dataset
+    from deeplab2.model import deeplab
+
+    config = config_pb2.ExperimentOptions()
+    with open(os.path.join(directory, 'model_options.textproto')) as f:
+        text_format.Parse(f.read(), config.model_options)
+    # deeplab2's pure-TF post-processing (its default needs the custom op); the other evaluator options keep their
+    # defaults.
+    config.evaluator_options.merge_semantic_and_instance_with_tf_op = False
+    model = deeplab.DeepLab(config, dataset.CITYSCAPES_PANOPTIC_INFORMATION)
+    images = tf.random.stateless_uniform(IMAGE_SHAPE, seed=[1, 2], minval=0.0, maxval=255.0)
+    model(images[:1], training=False)
+    _randomise(model.weights, np.random.default_rng(0))
+    _calibrate_batch_norms(model, images)
+    # Shift the center bias so that about a tenth of the pixels pass deeplab2's center threshold (0.1): instances.
+    heatmap = model(images[:1], training=False)['center_heatmap'].numpy()
+    bias = model.checkpoint_items['instance_center_head_last_layer'].bias
+    bias.assign(bias + (0.1 - np.quantile(heatmap, 0.9)))
+    keys = ('semantic_logits', 'center_heatmap', 'offset_map', 'panoptic_pred', 'semantic_pred', 'instance_pred')
+    # deeplab2's post-processing takes one image at a time.
+    per_image = [model(images[i:i + 1], training=False) for i in range(IMAGE_SHAPE[0])]
+    outputs = {key: np.concatenate([result[key].numpy() for result in per_image]) for key in keys}
+    os.makedirs(directory, exist_ok=True)
+    tf.train.Checkpoint(**model.checkpoint_items).write(os.path.join(directory, 'ckpt-1'))
+    np.savez(os.path.join(directory, 'outputs.npz'), images=images.numpy(),
+             **_endpoints(model.checkpoint_items['encoder'], images / 127.5 - 1.0), **outputs)
+
+
+def make_encoder_fixture(name: str, output_stride: int, directory: str) -> None:
+    encoder = axial_resnet_instances.get_model(
+        name, output_stride=output_stride, bn_layer=tf.keras.layers.BatchNormalization, **WIDTHS)
+    images = tf.random.stateless_uniform(IMAGE_SHAPE, seed=[1, 2], minval=-1.0, maxval=1.0)
+    encoder(images, training=False)
+    _randomise(encoder.weights, np.random.default_rng(0))
+    _calibrate_batch_norms(encoder, images)
+    os.makedirs(directory, exist_ok=True)
+    tf.train.Checkpoint(encoder=encoder).write(os.path.join(directory, 'ckpt-1'))
+    np.savez(os.path.join(directory, 'outputs.npz'), images=images.numpy(), **_endpoints(encoder, images))
+
+
+if __name__ == '__main__':
+    tf.keras.utils.set_random_seed(0)  # deeplab2's initialisers, so that a rerun writes the same files
+    make_panoptic_fixture(os.path.join(HERE, 'axial_deeplab_s'))
+    make_encoder_fixture('axial_resnet_s', 32, os.path.join(HERE, 'axial_resnet_s'))
