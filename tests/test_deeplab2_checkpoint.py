@@ -16,6 +16,7 @@ from google.protobuf import text_format
 
 from deeplab_axial import common, config_utils
 from deeplab_axial.data import dataset
+from deeplab_axial.inference import model_loader
 from deeplab_axial.model import builder, registry
 from deeplab_axial.model.deeplab2_checkpoint import (DEEPLAB2_LAYOUT, deeplab2_key, load_deeplab2_checkpoint,
                                                     readable_items)
@@ -105,6 +106,23 @@ def test_whole_panoptic_model_from_a_deeplab2_checkpoint_through_the_config():
     config.model_options.backbone.deeplab2_layout = False
     with pytest.raises(ValueError, match='set model_options.backbone.deeplab2_layout: true'):
         checkpoint_utils.make_init_fn(config.model_options, model.checkpoint_items)()
+
+
+def test_inference_loads_a_deeplab2_checkpoint_of_the_whole_model():
+    """Export, evaluation and prediction restore through model_loader: a deeplab2 file of the whole model loads; an
+    encoder-only one cannot serve a model with heads."""
+    prefix, expected = _fixture('axial_deeplab_s')
+    config = _panoptic_config('')
+    config.eval_dataset_options.ClearField('crop_size')
+    config.eval_dataset_options.crop_size.extend([33, 49])
+    loaded = model_loader.load_model(config, prefix)
+    outputs = loaded.model(tf.constant(expected['images']), training=False)
+    assert _relative_error(outputs[common.PRED_SEMANTIC_LOGITS_KEY], expected['semantic_logits']) < _OUTPUT_TOLERANCE
+
+    encoder_only, _ = _fixture('axial_resnet_s')
+    with pytest.raises(model_loader.CheckpointError, match=r"deeplab2 checkpoint without \['decoder', "
+                                                           r"'instance_last_layer', 'semantic_last_layer'\]"):
+        model_loader.load_model(config, encoder_only)
 
 
 def test_post_processing_of_deeplab2_outputs_matches_deeplab2():

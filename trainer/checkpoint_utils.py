@@ -7,7 +7,6 @@ the step: a fine-tuning run starts at step 0. A deeplab2 checkpoint (tf-keras na
 through `deeplab2_checkpoint` (the model must be built with backbone.deeplab2_layout).
 """
 
-import re
 from typing import Any, Callable, Mapping
 
 import tensorflow as tf
@@ -16,9 +15,6 @@ from absl import logging
 from deeplab_axial import common
 from deeplab_axial.model import deeplab2_checkpoint
 from deeplab_axial.protos import model_pb2
-
-# Keys of a deeplab2 encoder (tf-keras attribute names of its stem and stages).
-_DEEPLAB2_ENCODER = re.compile(f'{common.CKPT_ENCODER}/_(stem|stage[1-5])/')
 
 
 def items_to_restore(model_options: model_pb2.ModelOptions, checkpoint_items: Mapping[str, Any]) -> dict:
@@ -48,12 +44,11 @@ def make_init_fn(model_options: model_pb2.ModelOptions,
         if not prefix or not tf.io.gfile.exists(prefix + '.index'):
             raise ValueError(f'model_options.initial_checkpoint {path!r} is not a checkpoint (no {path}.index) nor '
                              'a folder holding one')
-        names = [name for name, _ in tf.train.list_variables(prefix)]
         items = items_to_restore(model_options, checkpoint_items)
-        if any(_DEEPLAB2_ENCODER.match(name) for name in names):
+        if deeplab2_checkpoint.is_deeplab2_checkpoint(prefix):
             _init_from_deeplab2(model_options, items, prefix)
             return
-        in_checkpoint = {name.split('/')[0] for name in names}
+        in_checkpoint = {name.split('/')[0] for name, _ in tf.train.list_variables(prefix)}
         restored, absent = [], []
         for name, item in sorted(items.items()):
             # An ImageNet checkpoint has no decoder or heads; a panoptic one has no classification head.

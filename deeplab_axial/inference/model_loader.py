@@ -2,7 +2,8 @@
 
 The trainer's controller saves `tf.train.Checkpoint(global_step=..., optimizer=..., **model.checkpoint_items)`:
 the model's parts sit at the top level under their common.CKPT_* names. Inference restores just those parts
-(`expect_partial` for the step, optimizer and input position) and checks that every model variable was found.
+(`expect_partial` for the step, optimizer and input position) and checks that every model variable was found. A
+deeplab2 checkpoint of the whole model is read through `deeplab2_checkpoint` (config with backbone.deeplab2_layout).
 The model is built at the eval crop size (`eval_dataset_options.crop_size`): axial attention needs a static input
 size, and evaluation pads every image to that size.
 """
@@ -18,6 +19,7 @@ from deeplab_axial import common
 from deeplab_axial import config_utils
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.model import builder
+from deeplab_axial.model import deeplab2_checkpoint
 from deeplab_axial.model import registry
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 from deeplab_axial.protos import config_pb2
@@ -97,6 +99,9 @@ def restore_model(model: keras.Model, checkpoint: str) -> str:
       CheckpointError naming the checkpoint and the problem.
     """
     path = resolve_checkpoint(checkpoint)
+    if deeplab2_checkpoint.is_deeplab2_checkpoint(path):
+        _restore_from_deeplab2(model, path)
+        return path
     status = tf.train.Checkpoint(**model.checkpoint_items).read(path)
     try:
         status.expect_partial().assert_existing_objects_matched()
@@ -104,6 +109,19 @@ def restore_model(model: keras.Model, checkpoint: str) -> str:
         raise CheckpointError(f'Checkpoint {path!r} does not hold this model ({model.name}, items '
                               f'{sorted(model.checkpoint_items)}): {e}') from None
     return path
+
+
+def _restore_from_deeplab2(model: keras.Model, path: str) -> None:
+    """Every item of the model from a deeplab2 checkpoint (`deeplab2_checkpoint`), or a CheckpointError."""
+    missing = sorted(set(model.checkpoint_items) - set(deeplab2_checkpoint.readable_items(path)))
+    if missing:
+        raise CheckpointError(f'Checkpoint {path!r} is a deeplab2 checkpoint without {missing} of {model.name} (an '
+                              'ImageNet checkpoint holds only the encoder: use it as model_options.initial_checkpoint '
+                              'to fine-tune)')
+    try:
+        deeplab2_checkpoint.load_deeplab2_checkpoint(model.checkpoint_items, path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def input_size(config: config_pb2.ExperimentOptions) -> Tuple[int, int]:

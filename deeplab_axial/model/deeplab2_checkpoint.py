@@ -18,6 +18,7 @@ odd input sizes (deeplab2's 513, 1025, 641, ...): for an even size, deeplab2 pad
 Keras 'same' padding only at the end.
 """
 
+import re
 from typing import Dict, List, Mapping
 
 import keras
@@ -28,6 +29,7 @@ from deeplab_axial import common
 
 DEEPLAB2_LAYOUT = dict(stem_pool=False, stem_width_multiplier=1.0, project_strided_shortcut=False)
 _VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
+_DEEPLAB2_ENCODER = re.compile('encoder/_(stem|stage[1-5])/')
 # Our first path component in the encoder (a stem layer) -> deeplab2's attribute path.
 _STEM_NAMES = {'stem_conv': '_stem', 'stem_conv1': '_stem/_conv1_bn_act', 'stem_conv2': '_stem/_conv2_bn_act',
                'stem_conv3': '_stem/_conv3_bn'}
@@ -89,6 +91,11 @@ def deeplab2_key(path: str, item: str = common.CKPT_ENCODER) -> str:
             raise ValueError(f'deeplab2 checkpoint: no deeplab2 name for {name!r} in {item} {path!r}')
         parts.append('depthwise_kernel' if (parent, name) == ('depthwise_conv', 'kernel') else _INNER_NAMES[name])
     return '/'.join(parts) + _VALUE_SUFFIX
+
+
+def is_deeplab2_checkpoint(prefix: str) -> bool:
+    """True when the checkpoint holds a deeplab2 encoder (tf-keras names of its stem and stages)."""
+    return any(_DEEPLAB2_ENCODER.match(key) for key, _ in tf.train.list_variables(prefix))
 
 
 def _checkpoint_prefix(path: str) -> str:
