@@ -4,6 +4,8 @@ import dataclasses
 import os
 
 import numpy as np
+import PIL.Image
+import PIL.ImageOps
 from numpy.lib.stride_tricks import sliding_window_view
 import pytest
 import tensorflow as tf
@@ -99,7 +101,7 @@ def test_training_pipeline_targets_and_determinism(tmp_path):
     options = input_pipeline.DataOptions(dataset=_DESCRIPTOR, file_pattern=str(tmp_path / 'train-*'),
                                          batch_size=2, crop_size=(17, 17), min_scale_factor=0.5,
                                          max_scale_factor=2.0, scale_factor_step_size=0.25,
-                                         autoaugment_policy_name='simple_color_policy', seed=5, deterministic=True)
+                                         autoaugment_policy_name='simple_classification_policy', seed=5, deterministic=True)
     first = list(input_pipeline.build_dataset(options).take(3))
     second = list(input_pipeline.build_dataset(options).take(3))
     for a, b in zip(first, second):
@@ -150,21 +152,65 @@ def test_panoptic_png_packing_is_bit_exact_for_large_ids():
         data_utils.encode_panoptic_png(np.array([[2 ** 24]]))
 
 
-def test_colour_operations_match_hand_computed_values():
-    image = tf.constant([[[0.0, 100.0, 200.0], [250.0, 128.0, 10.0]]])
-    # Solarize at level 5: threshold 128, pixels >= 128 become 255 - x.
-    np.testing.assert_array_equal(autoaugment._apply('Solarize', image, 5, 1.0),
-                                  [[[0, 100, 55], [5, 127, 10]]])
-    # Posterize at level 5: shift round(2) bits, keeping the top 6 bits.
-    np.testing.assert_array_equal(autoaugment._apply('Posterize', image, 5, 1.0),
-                                  [[[0, 100, 200], [248, 128, 8]]])
-    # Brightness with sign -1 at level 10: factor 0.1.
-    np.testing.assert_allclose(autoaugment._apply('Brightness', image, 10, -1.0), image.numpy() * 0.1, rtol=1e-6)
-    policy = autoaugment.get_policy('simple_color_policy_magnitude_scale_0.5')
+def test_policy_table_decodes_deeplab2_encoding():
+    """deeplab2's autoaugment_policy.py stores the policy as (operation index, probability index, magnitude) triples
+    into its reduced search space and probability grid; decoding them gives our table."""
+    search_space = ('AutoContrast', 'Equalize', 'Invert', 'Posterize', 'Solarize', 'Color', 'Contrast', 'Brightness',
+                    'Sharpness')
+    probabilities = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    encoded = [8, 2, 7, 7, 1, 10, 1, 0, 9, 6, 1, 10, 8, 1, 9, 5, 1, 9, 4, 1, 7, 1, 3, 9, 8, 1, 1, 1, 1, 7]
+    triples = [(search_space[encoded[i]], probabilities[encoded[i + 1]], encoded[i + 2])
+               for i in range(0, len(encoded), 3)]
+    decoded = tuple(tuple(triples[i:i + 2]) for i in range(0, len(triples), 2))
+    assert autoaugment.POLICIES['simple_classification_policy'] == decoded
+
+
+def test_colour_operations_follow_deeplab2_semantics():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    pixels = tf.constant(image)
+    values = image.astype(np.float32)  # the operations compute in float32
+    # Brightness at level 2 (magnitude 10 x scale 0.2): factor 0.46, truncated.
+    np.testing.assert_array_equal(autoaugment.apply_operation('Brightness', pixels, 2.0),
+                                  (values * np.float32(0.46)).astype(np.uint8))
+    # Solarize at level 1.4: threshold int(35.84) = 35; lower values stay, the others invert.
+    np.testing.assert_array_equal(autoaugment.apply_operation('Solarize', pixels, 1.4),
+                                  np.where(values < 35, values, 255 - values))
+    # Contrast: the constant is 32 * 32 / 256 = 4 (deeplab2's pixel-count quirk); level 10: factor 1.9, clipped.
+    np.testing.assert_array_equal(autoaugment.apply_operation('Contrast', pixels, 10.0),
+                                  np.clip(4 + np.float32(1.9) * (values - 4), 0, 255).astype(np.uint8))
+    # Sharpness at level 0 (factor 0.1): a blend towards the 3x3 (1, 5 centre) / 13 smoothing inside the border.
+    smooth = values.copy()
+    weights = np.ones((3, 3), np.float32)
+    weights[1, 1] = 5
+    for y in range(1, 31):
+        for x in range(1, 31):
+            smooth[y, x] = np.einsum('ijc,ij->c', values[y - 1:y + 2, x - 1:x + 2], weights) / 13
+    smooth = np.floor(np.clip(smooth, 0, 255))
+    expected = np.floor(smooth + np.float32(0.1) * (values - smooth)).astype(np.uint8)
+    got = autoaugment.apply_operation('Sharpness', pixels, 0.0).numpy()
+    assert np.abs(got.astype(int) - expected).max() <= 1 and (got == expected).mean() > 0.99  # float32 sums' rounding
+    np.testing.assert_array_equal(got[0], image[0])  # the border is the image itself at any factor
+    # Color leaves a grey image grey.
+    grey = tf.constant(np.repeat(image[:, :, :1], 3, axis=2))
+    np.testing.assert_array_equal(autoaugment.apply_operation('Color', grey, 1.8), grey)
+    # Equalize is PIL's.
+    np.testing.assert_array_equal(autoaugment.apply_operation('Equalize', pixels, 9.0),
+                                  np.asarray(PIL.ImageOps.equalize(PIL.Image.fromarray(image))))
+    flat = tf.fill([4, 4, 3], tf.constant(7, tf.uint8))
+    np.testing.assert_array_equal(autoaugment.apply_operation('Equalize', flat, 9.0), flat)
+
+
+def test_policy_names_scale_and_determinism():
+    policy = autoaugment.get_policy('simple_classification_policy_magnitude_scale_0.2')
     rgb = tf.random.uniform([8, 8, 3], 0, 255, seed=1)
-    np.testing.assert_array_equal(policy(rgb, tf.constant([1, 2])), policy(rgb, tf.constant([1, 2])))
+    out = policy(rgb, tf.constant([1, 2]))
+    np.testing.assert_array_equal(out, policy(rgb, tf.constant([1, 2])))
+    assert out.dtype == tf.float32 and np.array_equal(out, np.round(out))
+    changed = sum(not np.array_equal(policy(rgb, tf.constant([s, 0])), np.floor(rgb)) for s in range(40))
+    assert 3 <= changed <= 30  # each sub-policy fires with probability 0.2 to 0.68
     assert autoaugment.get_policy('') is None
-    with pytest.raises(ValueError, match='simple_color_policy'):
+    with pytest.raises(ValueError, match='simple_classification_policy'):
         autoaugment.get_policy('rand_augment')
 
 

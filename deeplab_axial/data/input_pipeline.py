@@ -47,7 +47,7 @@ class DataOptions:
         side to min, longer side at most max, sides k * factor + 1); 0 disables. Evaluation keeps raw labels at
         the original size and reports the resized size in `size_resized`.
       min_scale_factor, max_scale_factor, scale_factor_step_size: training random scale (step 0 = uniform).
-      autoaugment_policy_name: colour policy (see autoaugment.py), '' or None for none.
+      autoaugment_policy_name: deeplab2's colour policy name (see autoaugment.py), '' or None for none.
       sigma, increase_small_instance_weights, small_instance_threshold, small_instance_weight: target options.
       is_training: training (shuffle, repeat, augment) or evaluation (one ordered pass).
       seed: makes shuffling and augmentation reproducible; None = fresh randomness.
