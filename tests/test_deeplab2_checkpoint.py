@@ -88,7 +88,7 @@ def test_encoder_reproduces_deeplab2_endpoints(name):
 
 def test_whole_panoptic_model_from_a_deeplab2_checkpoint_through_the_config():
     """backbone.deeplab2_layout builds the layout; the trainer's init_fn reads all four items; the raw outputs
-    match deeplab2's."""
+    match deeplab2's in inference and in training mode."""
     prefix, expected = _fixture('axial_deeplab_s')
     assert readable_items(prefix) == [common.CKPT_ENCODER, common.CKPT_DECODER, common.CKPT_SEMANTIC_LAST_LAYER,
                                       common.CKPT_INSTANCE_LAST_LAYER]
@@ -97,11 +97,15 @@ def test_whole_panoptic_model_from_a_deeplab2_checkpoint_through_the_config():
     model.build((None, 33, 49, 3))
     assert (model.encoder.stem_pool, model.encoder.project_strided_shortcut) == (False, False)
     checkpoint_utils.make_init_fn(config.model_options, model.checkpoint_items)()
-    outputs = model(tf.constant(expected['images']), training=False)
+    inference = model(tf.constant(expected['images']), training=False)
+    # Training mode: batch statistics everywhere, including the attention's similarity and output batch norms, whose
+    # moments we compute from small Gram matrices rather than from the logits as deeplab2 does.
+    training = model(tf.constant(expected['images']), training=True)
     for ours, theirs in ((common.PRED_SEMANTIC_LOGITS_KEY, 'semantic_logits'),
                          (common.PRED_CENTER_HEATMAP_KEY, 'center_heatmap'),
                          (common.PRED_OFFSET_MAP_KEY, 'offset_map')):
-        assert _relative_error(outputs[ours], expected[theirs]) < _OUTPUT_TOLERANCE, ours
+        assert _relative_error(inference[ours], expected[theirs]) < _OUTPUT_TOLERANCE, ours
+        assert _relative_error(training[ours], expected[f'train_{theirs}']) < _OUTPUT_TOLERANCE, ours
 
     config.model_options.backbone.deeplab2_layout = False
     with pytest.raises(ValueError, match='set model_options.backbone.deeplab2_layout: true'):

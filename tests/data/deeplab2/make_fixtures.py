@@ -16,7 +16,8 @@ Both at width 0.125, stem width 0.25 and blocks [1, 1, 2, 1] (layer multiplier 0
 stay small. Every variable is drawn at random (batch-norm scales and shifts included, so that no layer is an
 identity), the batch-norm statistics are set to those of the images, and the two odd-sized images run in inference
 mode; ckpt-1 holds the checkpoint, outputs.npz the images, the encoder's res2..res5 and (panoptic model) the
-semantic logits, center heatmap, offset map and deeplab2's panoptic, semantic and instance predictions.
+semantic logits, center heatmap, offset map, deeplab2's panoptic, semantic and instance predictions, and the first
+three again in training mode (train_*).
 """
 
 import os
@@ -88,6 +89,10 @@ def make_panoptic_fixture(directory: str) -> None:
     outputs = {key: np.concatenate([result[key].numpy() for result in per_image]) for key in keys}
     os.makedirs(directory, exist_ok=True)
     tf.train.Checkpoint(**model.checkpoint_items).write(os.path.join(directory, 'ckpt-1'))
+    # Training mode (batch statistics in every batch norm, the attention's included), after the checkpoint is
+    # written: the call also moves the moving averages.
+    training = model(images, training=True)
+    outputs.update({f'train_{key}': training[key].numpy() for key in keys[:3]})
     np.savez(os.path.join(directory, 'outputs.npz'), images=images.numpy(),
              **_endpoints(model.checkpoint_items['encoder'], images / 127.5 - 1.0), **outputs)
 
