@@ -1,4 +1,4 @@
-"""Writes the deeplab2 checkpoints that tests/test_deeplab2_checkpoint.py reads; not run by the tests.
+"""Writes the deeplab2 files that tests/test_deeplab2_agreement.py reads; not run by the tests.
 
 It needs deeplab2 itself, which our package does not depend on: a checkout of google-research/deeplab2 (these files
 come from commit 64bc1c1) with its protos compiled, and tf-keras beside TensorFlow:
@@ -18,6 +18,8 @@ identity), the batch-norm statistics are set to those of the images, and the two
 mode; ckpt-1 holds the checkpoint, outputs.npz the images, the encoder's res2..res5 and (panoptic model) the
 semantic logits, center heatmap, offset map, deeplab2's panoptic, semantic and instance predictions, and the first
 three again in training mode (train_*).
+panoptic_deeplab_losses.npz: random targets (10% void), loss weights and predictions, and deeplab2's per-example
+losses on them with its Cityscapes Axial-DeepLab loss options; the semantic loss again without void pixels.
 """
 
 import os
@@ -109,7 +111,55 @@ def make_encoder_fixture(name: str, output_stride: int, directory: str) -> None:
     np.savez(os.path.join(directory, 'outputs.npz'), images=images.numpy(), **_endpoints(encoder, images))
 
 
+# deeplab2's Cityscapes Axial-DeepLab loss options.
+LOSS_OPTIONS = """
+  semantic_loss { name: "softmax_cross_entropy" weight: 1.0 top_k_percent: 0.2 }
+  center_loss { name: "mse" weight: 200 }
+  regression_loss { name: "l1" weight: 0.01 }
+"""
+
+
+def make_loss_fixture(path: str) -> None:
+    """Random targets, loss weights and predictions for 2 x 17 x 25 pixels (19 classes, some void) and deeplab2's
+    per-example Panoptic-DeepLab losses on them."""
+    from google.protobuf import text_format
+    from deeplab2 import config_pb2
+    from deeplab2.data import dataset
+    from deeplab2.model.loss import loss_builder
+
+    rng = np.random.default_rng(1)
+    shape = (2, 17, 25)
+    semantic = rng.integers(0, 19, shape)
+    semantic[rng.random(shape) < 0.1] = 255
+    arrays = dict(
+        semantic_gt=semantic.astype(np.int32),
+        instance_center_gt=rng.random(shape).astype(np.float32),
+        instance_regression_gt=rng.normal(0.0, 5.0, shape + (2,)).astype(np.float32),
+        semantic_loss_weight=rng.choice([1.0, 3.0], shape).astype(np.float32),
+        center_loss_weight=rng.choice([0.0, 1.0], shape).astype(np.float32),
+        regression_loss_weight=rng.choice([0.0, 1.0], shape).astype(np.float32),
+        semantic_logits=rng.normal(0.0, 2.0, shape + (19,)).astype(np.float32),
+        center_heatmap=rng.random(shape).astype(np.float32),
+        offset_map=rng.normal(0.0, 5.0, shape + (2,)).astype(np.float32))
+    options = text_format.Parse(LOSS_OPTIONS, config_pb2.LossOptions())
+    with open(os.path.join(HERE, 'axial_deeplab_s', 'model_options.textproto')) as f:
+        model_options = text_format.Parse(f.read(), config_pb2.ModelOptions())
+    info = dataset.CITYSCAPES_PANOPTIC_INFORMATION
+    loss = loss_builder.DeepLabFamilyLoss(options, model_options, num_classes=info.num_classes,
+                                          ignore_label=info.ignore_label, ignore_depth=None,
+                                          thing_class_ids=info.class_has_instances_list)
+    tensors = {key: tf.constant(value) for key, value in arrays.items()}
+    losses = loss(tensors, tensors)
+    # Without void pixels too: deeplab2 takes the top-k fraction of all pixels, we of the valid ones.
+    all_valid = np.where(semantic == 255, rng.integers(0, 19, shape), semantic).astype(np.int32)
+    all_valid_losses = loss(dict(tensors, semantic_gt=tf.constant(all_valid)), tensors)
+    np.savez(path, **arrays, semantic_gt_all_valid=all_valid,
+             expected_all_valid_semantic_loss=all_valid_losses['semantic_loss'].numpy(),
+             **{f'expected_{key}': value.numpy() for key, value in losses.items()})
+
+
 if __name__ == '__main__':
     tf.keras.utils.set_random_seed(0)  # deeplab2's initialisers, so that a rerun writes the same files
     make_panoptic_fixture(os.path.join(HERE, 'axial_deeplab_s'))
     make_encoder_fixture('axial_resnet_s', 32, os.path.join(HERE, 'axial_resnet_s'))
+    make_loss_fixture(os.path.join(HERE, 'panoptic_deeplab_losses.npz'))

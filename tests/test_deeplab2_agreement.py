@@ -1,9 +1,9 @@
-"""deeplab2 checkpoints into our models, checked against deeplab2's own outputs.
+"""Agreement with deeplab2 itself: its checkpoints in our models, its outputs, post-processing and losses.
 
-The checkpoints and outputs under tests/data/deeplab2 were written by deeplab2 itself (tf-keras, commit 64bc1c1;
-see make_fixtures.py there): random weights, two 33x49 images, inference mode. axial_deeplab_s holds a whole
-Panoptic-DeepLab (every checkpoint item) with its raw outputs and deeplab2's pure-TF post-processing; axial_resnet_s
-an ImageNet-style encoder.
+The files under tests/data/deeplab2 were written by deeplab2 (tf-keras, commit 64bc1c1; see make_fixtures.py
+there): random weights, two 33x49 images. axial_deeplab_s holds a whole Panoptic-DeepLab (every checkpoint item) with
+its raw outputs in inference and training mode and deeplab2's pure-TF post-processing; axial_resnet_s an
+ImageNet-style encoder; panoptic_deeplab_losses.npz deeplab2's losses on random targets and predictions.
 """
 
 import os
@@ -20,6 +20,7 @@ from deeplab_axial.inference import model_loader
 from deeplab_axial.model import builder, registry
 from deeplab_axial.model.deeplab2_checkpoint import (DEEPLAB2_LAYOUT, deeplab2_key, load_deeplab2_checkpoint,
                                                     readable_items)
+from deeplab_axial.model.loss.panoptic_deeplab_loss import PanopticDeepLabLoss
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 from trainer import checkpoint_utils
 
@@ -209,3 +210,20 @@ def test_deeplab2_layout_survives_keras_save_and_load(tmp_path):
     assert loaded.encoder.project_strided_shortcut is False and loaded.encoder.stem_pool is False
     errors = _encoder_errors(loaded.encoder, expected, expected['images'])
     assert all(errors[key] < _TOLERANCE[key] for key in _TOLERANCE), errors
+
+
+def test_panoptic_deeplab_losses_match_deeplab2():
+    """deeplab2's DeepLabFamilyLoss (Cityscapes Axial-DeepLab options) on random targets and predictions: the same
+    per-example center and offset losses; the same semantic loss when every pixel is valid. With void pixels deeplab2
+    takes its top 20% of all pixels and we of the valid ones (base_loss docstring), so ours averages fewer, harder
+    pixels and comes out higher."""
+    data = np.load(os.path.join(_DATA, 'panoptic_deeplab_losses.npz'))
+    tensors = {key: tf.constant(value) for key, value in data.items() if not key.startswith('expected')}
+    loss = PanopticDeepLabLoss(ignore_label=255, semantic_loss_weight=1.0, center_loss_weight=200.0,
+                               regression_loss_weight=0.01, top_k_percent=0.2)
+    ours = loss(tensors, tensors)
+    for key in (common.CENTER_LOSS, common.REGRESSION_LOSS):
+        np.testing.assert_allclose(ours[key], data[f'expected_{key}'], rtol=1e-6)
+    all_valid = loss(dict(tensors, **{common.GT_SEMANTIC_KEY: tensors['semantic_gt_all_valid']}), tensors)
+    np.testing.assert_allclose(all_valid[common.SEMANTIC_LOSS], data['expected_all_valid_semantic_loss'], rtol=1e-6)
+    assert np.all(ours[common.SEMANTIC_LOSS].numpy() > data[f'expected_{common.SEMANTIC_LOSS}'])
