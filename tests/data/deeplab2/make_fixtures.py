@@ -17,18 +17,23 @@ stay small. Every variable is drawn at random (batch-norm scales and shifts incl
 identity), the batch-norm statistics are set to those of the images, and the two odd-sized images run in inference
 mode; ckpt-1 holds the checkpoint, outputs.npz the images, the encoder's res2..res5 and (panoptic model) the
 semantic logits, center heatmap, offset map, deeplab2's panoptic, semantic and instance predictions, and the first
-three again in training mode (train_*).
+three again in training mode (train_*), and fingerprints of the training-mode gradients of every trainable variable
+(grad:<checkpoint key>, see `fingerprint`).
 panoptic_deeplab_losses.npz: random targets (10% void), loss weights and predictions, and deeplab2's per-example
 losses on them with its Cityscapes Axial-DeepLab loss options; the semantic loss again without void pixels.
 """
 
 import os
+import sys
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from deeplab2.model.encoder import axial_resnet_instances  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # tests/
+from deeplab2_fingerprints import fingerprint, gradient_projection  # noqa: E402
 
 WIDTHS = dict(width_multiplier=0.125, stem_width_multiplier=0.25, backbone_layer_multiplier=0.34)
 IMAGE_SHAPE = [2, 33, 49, 3]
@@ -57,6 +62,22 @@ def _calibrate_batch_norms(model, images) -> None:
     model(images, training=True)
     for layer in layers:
         layer.momentum = 0.99
+
+
+def _gradient_fingerprints(model, images, prefix: str) -> dict:
+    """Training-mode gradients of sum(output * fixed weight) for every trainable variable, keyed by its checkpoint
+    key (found by value: the random weights are all distinct)."""
+    reader = tf.train.load_checkpoint(prefix)
+    by_value = {reader.get_tensor(key).tobytes(): key for key in reader.get_variable_to_shape_map()
+                if key.endswith('/.ATTRIBUTES/VARIABLE_VALUE')}
+    projection = gradient_projection(images.shape)
+    with tf.GradientTape() as tape:
+        predictions = model(images, training=True)
+        scalar = tf.add_n([tf.reduce_sum(predictions[key] * weight) for key, weight in projection.items()])
+    variables = model.trainable_variables
+    gradients = tape.gradient(scalar, variables)
+    return {'grad:' + by_value[v.numpy().tobytes()]: fingerprint(tf.convert_to_tensor(g).numpy())
+            for v, g in zip(variables, gradients)}
 
 
 def _endpoints(encoder, images) -> dict:
@@ -95,6 +116,7 @@ def make_panoptic_fixture(directory: str) -> None:
     # written: the call also moves the moving averages.
     training = model(images, training=True)
     outputs.update({f'train_{key}': training[key].numpy() for key in keys[:3]})
+    outputs.update(_gradient_fingerprints(model, images, os.path.join(directory, 'ckpt-1')))
     np.savez(os.path.join(directory, 'outputs.npz'), images=images.numpy(),
              **_endpoints(model.checkpoint_items['encoder'], images / 127.5 - 1.0), **outputs)
 
