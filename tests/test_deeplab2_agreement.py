@@ -3,7 +3,8 @@
 The files under tests/data/deeplab2 were written by deeplab2 (tf-keras, commit 64bc1c1; see make_fixtures.py
 there): random weights, two 33x49 images. axial_deeplab_s holds a whole Panoptic-DeepLab (every checkpoint item) with
 its raw outputs in inference and training mode and deeplab2's pure-TF post-processing; axial_resnet_s an
-ImageNet-style encoder; panoptic_deeplab_losses.npz deeplab2's losses on random targets and predictions.
+ImageNet-style encoder; panoptic_deeplab_losses.npz deeplab2's losses on random targets and predictions;
+panoptic_deeplab_targets.npz deeplab2's training targets for a small panoptic label.
 """
 
 import os
@@ -16,7 +17,7 @@ from google.protobuf import text_format
 
 from deeplab2_fingerprints import fingerprint, gradient_projection
 from deeplab_axial import common, config_utils
-from deeplab_axial.data import dataset
+from deeplab_axial.data import dataset, targets
 from deeplab_axial.inference import model_loader
 from deeplab_axial.model import builder, registry
 from deeplab_axial.model.deeplab2_checkpoint import (DEEPLAB2_LAYOUT, deeplab2_key, load_deeplab2_checkpoint,
@@ -262,3 +263,18 @@ def test_panoptic_deeplab_losses_match_deeplab2():
     all_valid = loss(dict(tensors, **{common.GT_SEMANTIC_KEY: tensors['semantic_gt_all_valid']}), tensors)
     np.testing.assert_allclose(all_valid[common.SEMANTIC_LOSS], data['expected_all_valid_semantic_loss'], rtol=1e-6)
     assert np.all(ours[common.SEMANTIC_LOSS].numpy() > data[f'expected_{common.SEMANTIC_LOSS}'])
+
+
+def test_panoptic_deeplab_targets_match_deeplab2():
+    """deeplab2's sample generator (eval mode at the label's own size, sigma 8, instances under 100 pixels weighted
+    3) on a label with stuff, void, a crowd region and instances of 1 to 400 pixels, two at the border."""
+    data = np.load(os.path.join(_DATA, 'panoptic_deeplab_targets.npz'))
+    descriptor = dataset.get('cityscapes_panoptic')
+    ours = targets.generate_panoptic_targets(
+        data['panoptic'], label_divisor=descriptor.panoptic_label_divisor, ignore_label=descriptor.ignore_label,
+        thing_classes=descriptor.thing_classes, sigma=8.0, small_instance_threshold=100, small_instance_weight=3.0)
+    for key in (common.GT_SEMANTIC_KEY, common.SEMANTIC_LOSS_WEIGHT_KEY, common.CENTER_LOSS_WEIGHT_KEY,
+                common.REGRESSION_LOSS_WEIGHT_KEY, common.GT_INSTANCE_REGRESSION_KEY):
+        np.testing.assert_array_equal(ours[key], data[f'expected_{key}'], err_msg=key)
+    np.testing.assert_allclose(ours[common.GT_INSTANCE_CENTER_KEY], data['expected_instance_center_gt'], atol=1e-7)
+    assert data['expected_semantic_loss_weight'].max() == 3.0  # the fixture has small instances

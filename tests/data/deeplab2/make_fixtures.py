@@ -21,6 +21,7 @@ three again in training mode (train_*), and fingerprints of the training-mode gr
 (grad:<checkpoint key>, see `fingerprint`).
 panoptic_deeplab_losses.npz: random targets (10% void), loss weights and predictions, and deeplab2's per-example
 losses on them with its Cityscapes Axial-DeepLab loss options; the semantic loss again without void pixels.
+panoptic_deeplab_targets.npz: a small panoptic label and deeplab2's training targets for it (`make_targets_fixture`).
 """
 
 import os
@@ -180,8 +181,36 @@ def make_loss_fixture(path: str) -> None:
              **{f'expected_{key}': value.numpy() for key, value in losses.items()})
 
 
+def make_targets_fixture(path: str) -> None:
+    """A 41 x 57 Cityscapes-style panoptic label (stuff, void, a crowd region, seven thing instances of 1 to 400
+    pixels, two touching the border) and deeplab2's Panoptic-DeepLab targets for it: the sample generator in eval
+    mode at the label's own size (no crop, scale or flip), sigma 8, instances under 100 pixels weighted 3."""
+    from deeplab2.data import dataset
+    from deeplab2.data import sample_generator
+
+    info = dataset.CITYSCAPES_PANOPTIC_INFORMATION
+    divisor = info.panoptic_label_divisor
+    label = np.full((41, 57), 0 * divisor, np.int32)  # road
+    label[:, 40:] = 2 * divisor  # building
+    label[35:, :10] = info.ignore_label * divisor  # void
+    label[2:12, 30:50] = 13 * divisor  # a crowd of cars (thing class, instance 0)
+    for instance, (y0, y1, x0, x1, cls) in enumerate([(5, 25, 5, 25, 13), (20, 22, 30, 31, 11), (0, 6, 50, 57, 13),
+                                                     (30, 41, 20, 28, 14), (14, 15, 14, 15, 11),
+                                                     (25, 33, 44, 57, 17), (12, 18, 2, 9, 11)], start=1):
+        label[y0:y1, x0:x1] = cls * divisor + instance
+    generator = sample_generator.PanopticSampleGenerator(
+        info._asdict(), is_training=False, crop_size=list(label.shape), sigma=8,
+        focus_small_instances={'threshold': 100, 'weight': 3.0})
+    sample = generator(dict(image=tf.zeros(label.shape + (3,), tf.uint8), image_name='x', label=tf.constant(label[:, :, None]),
+                            height=label.shape[0], width=label.shape[1]))
+    keys = ('semantic_gt', 'center_loss_weight', 'regression_loss_weight', 'semantic_loss_weight',
+            'instance_center_gt', 'instance_regression_gt')
+    np.savez(path, panoptic=label, **{f'expected_{key}': sample[key].numpy() for key in keys})
+
+
 if __name__ == '__main__':
     tf.keras.utils.set_random_seed(0)  # deeplab2's initialisers, so that a rerun writes the same files
     make_panoptic_fixture(os.path.join(HERE, 'axial_deeplab_s'))
     make_encoder_fixture('axial_resnet_s', 32, os.path.join(HERE, 'axial_resnet_s'))
     make_loss_fixture(os.path.join(HERE, 'panoptic_deeplab_losses.npz'))
+    make_targets_fixture(os.path.join(HERE, 'panoptic_deeplab_targets.npz'))
