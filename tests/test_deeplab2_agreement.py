@@ -4,7 +4,7 @@ The files under tests/data/deeplab2 were written by deeplab2 (tf-keras, commit 6
 there): random weights, two 33x49 images. axial_deeplab_s holds a whole Panoptic-DeepLab (every checkpoint item) with
 its raw outputs in inference and training mode and deeplab2's pure-TF post-processing; axial_resnet_s an
 ImageNet-style encoder; panoptic_deeplab_losses.npz deeplab2's losses on random targets and predictions;
-panoptic_deeplab_targets.npz deeplab2's training targets for a small panoptic label.
+panoptic_deeplab_targets.npz deeplab2's training targets for a small panoptic label; resize.npz its data resizing.
 """
 
 import os
@@ -17,7 +17,7 @@ from google.protobuf import text_format
 
 from deeplab2_fingerprints import fingerprint, gradient_projection
 from deeplab_axial import common, config_utils
-from deeplab_axial.data import dataset, targets
+from deeplab_axial.data import dataset, preprocessing, targets
 from deeplab_axial.inference import model_loader
 from deeplab_axial.model import builder, registry
 from deeplab_axial.model.deeplab2_checkpoint import (DEEPLAB2_LAYOUT, deeplab2_key, load_deeplab2_checkpoint,
@@ -278,3 +278,21 @@ def test_panoptic_deeplab_targets_match_deeplab2():
         np.testing.assert_array_equal(ours[key], data[f'expected_{key}'], err_msg=key)
     np.testing.assert_allclose(ours[common.GT_INSTANCE_CENTER_KEY], data['expected_instance_center_gt'], atol=1e-7)
     assert data['expected_semantic_loss_weight'].max() == 3.0  # the fixture has small instances
+
+
+def test_resizing_matches_deeplab2():
+    """deeplab2's resize_to_range (two floored steps: up to the minimum side, then down to fit the maximum) and its
+    random scaling (floored size), both resizing with align_corners: the same sizes and the same pixels."""
+    data = np.load(os.path.join(_DATA, 'resize.npz'))
+    for (height, width, low, high, factor), expected in zip(data['cases'], data['sizes']):
+        got = preprocessing.resize_to_range_size(tf.constant(height), tf.constant(width), int(low), int(high),
+                                                 int(factor))
+        np.testing.assert_array_equal(got, expected, err_msg=str((height, width, low, high, factor)))
+    image, label = tf.constant(data['image']), tf.constant(data['label'])
+    ranged = preprocessing.resize_to_range(image, label, 61, 81, 0)
+    np.testing.assert_allclose(ranged[0], data['range_image'], atol=1e-3)
+    np.testing.assert_array_equal(ranged[1], data['range_label'])
+    for name, scale in (('small', 0.6), ('large', 1.35)):
+        scaled = preprocessing.scale_image_and_label(image, label, tf.constant(scale))
+        np.testing.assert_allclose(scaled[0], data[f'{name}_image'], atol=1e-3)
+        np.testing.assert_array_equal(scaled[1], data[f'{name}_label'])

@@ -32,32 +32,44 @@ def get_random_scale(seed: tf.Tensor, min_scale: float, max_scale: float, step_s
     return choices[index]
 
 
+def _resize_align_corners(image: tf.Tensor, label: Optional[tf.Tensor], size: tf.Tensor
+                          ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
+    """deeplab2's data resizing: bilinear image, nearest-neighbour label, both with align_corners."""
+    image = tf.compat.v1.image.resize(image, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True)
+    if label is not None:
+        label = tf.compat.v1.image.resize(label[..., tf.newaxis], size,
+                                          method=tf.image.ResizeMethod.NEAREST_NEIGHBOR, align_corners=True)[..., 0]
+    return image, label
+
+
 def scale_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], scale: tf.Tensor
                           ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
-    """Resizes the image (bilinear) and the label (nearest neighbour) by `scale`."""
-    size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
-    image = tf.image.resize(image, size, method='bilinear')
-    if label is not None:
-        label = tf.image.resize(label[..., tf.newaxis], size, method='nearest')[..., 0]
-    return image, label
+    """Resizes the image and label to floor(size * scale) (deeplab2's randomly_scale_image_and_label)."""
+    size = tf.cast(tf.floor(tf.cast(tf.shape(image)[:2], tf.float32) * tf.cast(scale, tf.float32)), tf.int32)
+    return _resize_align_corners(image, label, size)
+
+
+def _scaled_size(size: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """floor(size * scale) in float32 with the scale rounded from float64, as deeplab2 computes it."""
+    return tf.cast(tf.floor(tf.cast(size, tf.float32) * tf.cast(scale, tf.float32)), tf.int32)
 
 
 def resize_to_range_size(height: tf.Tensor, width: tf.Tensor, min_size: int, max_size: int, factor: int
                          ) -> tf.Tensor:
-    """deeplab2's resize_to_range target size [2]: shorter side to `min_size`, longer side at most `max_size`.
+    """deeplab2's resize_to_range target size [2], computed in its two steps.
 
-    With `factor` > 0 each side becomes k * factor + 1 (rounded up), and `max_size` is first lowered to that form
-    so the bound still holds. Non-positive sizes disable that bound.
+    First both sides scale so that the shorter reaches `min_size` (floored); then, when a side exceeds `max_size`,
+    the result scales down to fit (floored again; never up). With `factor` > 0, `max_size` is first lowered to
+    k * factor + 1 and each side then rounds up to that form. Non-positive sizes disable that step.
     """
-    size = tf.cast(tf.stack([height, width]), tf.float32)
-    scale = tf.constant(1.0)
+    new_size = tf.cast(tf.stack([height, width]), tf.int32)
     if min_size > 0:
-        scale = min_size / tf.reduce_min(size)
+        new_size = _scaled_size(new_size, min_size / tf.cast(tf.reduce_min(new_size), tf.float64))
     if max_size > 0:
         if factor > 0:
             max_size -= (max_size - 1) % factor
-        scale = tf.minimum(scale, max_size / tf.reduce_max(size))
-    new_size = tf.cast(tf.floor(size * scale), tf.int32)
+        scale = tf.minimum(tf.cast(max_size / tf.cast(tf.reduce_max(new_size), tf.float64), tf.float32), 1.0)
+        new_size = _scaled_size(new_size, scale)
     if factor > 0:
         new_size += (factor - (new_size - 1) % factor) % factor
     return new_size
@@ -65,15 +77,12 @@ def resize_to_range_size(height: tf.Tensor, width: tf.Tensor, min_size: int, max
 
 def resize_to_range(image: tf.Tensor, label: Optional[tf.Tensor], min_size: int, max_size: int, factor: int
                     ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
-    """Resizes image (bilinear) and label (nearest) to `resize_to_range_size`; identity when both sizes are off."""
+    """Resizes image and label to `resize_to_range_size` (as deeplab2, with align_corners); identity when both
+    sizes are off."""
     if min_size <= 0 and max_size <= 0:
         return image, label
     shape = tf.shape(image)
-    size = resize_to_range_size(shape[0], shape[1], min_size, max_size, factor)
-    image = tf.image.resize(image, size, method='bilinear')
-    if label is not None:
-        label = tf.image.resize(label[..., tf.newaxis], size, method='nearest')[..., 0]
-    return image, label
+    return _resize_align_corners(image, label, resize_to_range_size(shape[0], shape[1], min_size, max_size, factor))
 
 
 def pad_to_size(image: tf.Tensor, label: Optional[tf.Tensor], height: int, width: int, label_pad_value: int

@@ -22,6 +22,7 @@ three again in training mode (train_*), and fingerprints of the training-mode gr
 panoptic_deeplab_losses.npz: random targets (10% void), loss weights and predictions, and deeplab2's per-example
 losses on them with its Cityscapes Axial-DeepLab loss options; the semantic loss again without void pixels.
 panoptic_deeplab_targets.npz: a small panoptic label and deeplab2's training targets for it (`make_targets_fixture`).
+resize.npz: deeplab2's resize_to_range sizes and its resizing and random scaling of an image and label.
 """
 
 import os
@@ -208,9 +209,38 @@ def make_targets_fixture(path: str) -> None:
     np.savez(path, panoptic=label, **{f'expected_{key}': sample[key].numpy() for key in keys})
 
 
+RESIZE_CASES = [(h, w, low, high, factor)
+                for h, w in [(480, 640), (427, 640), (640, 480), (375, 500), (333, 500), (1024, 2048), (100, 3000),
+                             (612, 612), (500, 281)]
+                for low, high, factor in [(1025, 1025, 0), (641, 641, 0), (1025, 1025, 32), (641, 641, 16),
+                                          (0, 1025, 0), (1025, 0, 0), (800, 1333, 0)]]
+
+
+def make_resize_fixture(path: str) -> None:
+    """deeplab2's resize_to_range sizes for `RESIZE_CASES` (0 = off), and its resize_to_range (61, 81) and
+    randomly_scale_image_and_label (x0.6, x1.35) of a random 37 x 53 image and label."""
+    from deeplab2.data.preprocessing import preprocess_utils
+
+    sizes = [preprocess_utils.resize_to_range_helper((h, w), min_size=low or None, max_size=high or None,
+                                                     factor=factor or None).numpy()
+             for h, w, low, high, factor in RESIZE_CASES]
+    rng = np.random.default_rng(3)
+    image = tf.constant(rng.uniform(0.0, 255.0, (37, 53, 3)).astype(np.float32))
+    label = tf.constant(rng.integers(0, 5000, (37, 53, 1)).astype(np.int32))
+    arrays = {'cases': np.array(RESIZE_CASES), 'sizes': np.array(sizes), 'image': image.numpy(),
+              'label': label.numpy()[..., 0]}
+    ranged = preprocess_utils.resize_to_range(image, label, min_size=61, max_size=81)
+    arrays.update(range_image=ranged[0].numpy(), range_label=ranged[1].numpy()[..., 0])
+    for name, scale in (('small', 0.6), ('large', 1.35)):
+        scaled = preprocess_utils.randomly_scale_image_and_label(image, label, tf.constant(scale, tf.float32))
+        arrays.update({f'{name}_image': scaled[0].numpy(), f'{name}_label': scaled[1].numpy()[..., 0]})
+    np.savez(path, **arrays)
+
+
 if __name__ == '__main__':
     tf.keras.utils.set_random_seed(0)  # deeplab2's initialisers, so that a rerun writes the same files
     make_panoptic_fixture(os.path.join(HERE, 'axial_deeplab_s'))
     make_encoder_fixture('axial_resnet_s', 32, os.path.join(HERE, 'axial_resnet_s'))
     make_loss_fixture(os.path.join(HERE, 'panoptic_deeplab_losses.npz'))
     make_targets_fixture(os.path.join(HERE, 'panoptic_deeplab_targets.npz'))
+    make_resize_fixture(os.path.join(HERE, 'resize.npz'))
