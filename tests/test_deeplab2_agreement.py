@@ -19,7 +19,7 @@ from deeplab2_fingerprints import fingerprint, gradient_projection
 from deeplab_axial import common, config_utils
 from deeplab_axial.data import dataset, preprocessing, targets
 from deeplab_axial.inference import model_loader
-from deeplab_axial.model import builder, registry
+from deeplab_axial.model import builder, inference, registry
 from deeplab_axial.model.deeplab2_checkpoint import (DEEPLAB2_LAYOUT, deeplab2_key, load_deeplab2_checkpoint,
                                                     readable_items)
 from deeplab_axial.model.loss.panoptic_deeplab_loss import PanopticDeepLabLoss
@@ -281,8 +281,9 @@ def test_panoptic_deeplab_targets_match_deeplab2():
 
 
 def test_resizing_matches_deeplab2():
-    """deeplab2's resize_to_range (two floored steps: up to the minimum side, then down to fit the maximum) and its
-    random scaling (floored size), both resizing with align_corners: the same sizes and the same pixels."""
+    """deeplab2's resize_to_range (two floored steps: up to the minimum side, then down to fit the maximum), its
+    random scaling (floored size) and its undo_preprocessing, all resizing with align_corners: the same sizes and the
+    same pixels."""
     data = np.load(os.path.join(_DATA, 'resize.npz'))
     for (height, width, low, high, factor), expected in zip(data['cases'], data['sizes']):
         got = preprocessing.resize_to_range_size(tf.constant(height), tf.constant(width), int(low), int(high),
@@ -296,3 +297,9 @@ def test_resizing_matches_deeplab2():
         scaled = preprocessing.scale_image_and_label(image, label, tf.constant(scale))
         np.testing.assert_allclose(scaled[0], data[f'{name}_image'], atol=1e-3)
         np.testing.assert_array_equal(scaled[1], data[f'{name}_label'])
+    # Back to the image size after evaluation (deeplab2's undo_preprocessing): crop the valid region, align corners.
+    restored = inference.restore_to_image_size(
+        {common.PRED_PANOPTIC_KEY: tf.constant(data['undo_panoptic_pred']),
+         common.PRED_SEMANTIC_PROBS_KEY: tf.constant(data['undo_semantic_probs'])}, [9, 13], [25, 37])
+    np.testing.assert_array_equal(restored[common.PRED_PANOPTIC_KEY], data['undone_panoptic_pred'])
+    np.testing.assert_allclose(restored[common.PRED_SEMANTIC_PROBS_KEY], data['undone_semantic_probs'], atol=1e-6)

@@ -34,13 +34,14 @@ def test_restore_crops_and_resizes_each_kind_of_output():
                    common.PRED_CENTER_HEATMAP_KEY: tf.fill([4, 4], 0.5),
                    'other': tf.constant(3)}
     restored = inference.restore_to_image_size(predictions, [2, 2], [4, 6])
-    # Nearest-neighbour upsampling of the valid 2x2 corner [[0, 1], [4, 5]] to 4x6.
+    # Nearest-neighbour upsampling (corners aligned, as deeplab2) of the valid 2x2 corner [[0, 1], [4, 5]] to 4x6.
     np.testing.assert_array_equal(restored[common.PRED_PANOPTIC_KEY].numpy(),
                                   [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1], [4, 4, 4, 5, 5, 5], [4, 4, 4, 5, 5, 5]])
     assert restored[common.PRED_PANOPTIC_KEY].dtype == tf.int32
-    # Offsets of one pixel at the resized size are 2 pixels (dy) and 3 pixels (dx) at the image size.
-    np.testing.assert_allclose(restored[common.PRED_OFFSET_MAP_KEY].numpy()[..., 0], 2.0)
-    np.testing.assert_allclose(restored[common.PRED_OFFSET_MAP_KEY].numpy()[..., 1], 3.0)
+    # With corners aligned, one pixel at the resized size is (4 - 1) / (2 - 1) = 3 pixels (dy) and
+    # (6 - 1) / (2 - 1) = 5 pixels (dx) at the image size.
+    np.testing.assert_allclose(restored[common.PRED_OFFSET_MAP_KEY].numpy()[..., 0], 3.0)
+    np.testing.assert_allclose(restored[common.PRED_OFFSET_MAP_KEY].numpy()[..., 1], 5.0)
     np.testing.assert_allclose(restored[common.PRED_CENTER_HEATMAP_KEY].numpy(), 0.5)
     assert restored['other'].numpy() == 3
 

@@ -88,8 +88,10 @@ def restore_to_image_size(predictions: Dict[str, tf.Tensor], resized_size: tf.Te
                           image_size: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Crops one example's predictions (no batch dim) to `resized_size` and resizes them to `image_size`.
 
-    Offsets are in pixels, so they are also multiplied by image_size / resized_size. Keys other than the panoptic
-    prediction keys pass through unchanged.
+    As deeplab2's undo_preprocessing, the resize aligns corners (nearest neighbour for ids and scores, bilinear for
+    probabilities, heatmap and offsets). Offsets are in pixels, so they are also multiplied by
+    (image_size - 1) / (resized_size - 1), the align-corners scale. Keys other than the panoptic prediction keys pass
+    through unchanged.
     """
     resized_size = tf.cast(resized_size, tf.int32)
     image_size = tf.cast(image_size, tf.int32)
@@ -101,12 +103,10 @@ def restore_to_image_size(predictions: Dict[str, tf.Tensor], resized_size: tf.Te
         has_channels = value.shape.rank == 3
         x = value if has_channels else value[..., tf.newaxis]
         x = x[:resized_size[0], :resized_size[1]]
-        if key in _NEAREST_KEYS:
-            x = tf.image.resize(x, image_size, method='nearest')
-        else:
-            x = tf.image.resize(x, image_size, method='bilinear')
-            if key == common.PRED_OFFSET_MAP_KEY:
-                x *= tf.cast(image_size, tf.float32) / tf.cast(resized_size, tf.float32)
+        method = tf.image.ResizeMethod.NEAREST_NEIGHBOR if key in _NEAREST_KEYS else tf.image.ResizeMethod.BILINEAR
+        x = tf.compat.v1.image.resize(x, image_size, method=method, align_corners=True)
+        if key == common.PRED_OFFSET_MAP_KEY:
+            x *= tf.cast(image_size - 1, tf.float32) / tf.cast(tf.maximum(resized_size - 1, 1), tf.float32)
         x = tf.cast(x, value.dtype)
         restored[key] = x if has_channels else x[..., 0]
     return restored

@@ -22,7 +22,8 @@ three again in training mode (train_*), and fingerprints of the training-mode gr
 panoptic_deeplab_losses.npz: random targets (10% void), loss weights and predictions, and deeplab2's per-example
 losses on them with its Cityscapes Axial-DeepLab loss options; the semantic loss again without void pixels.
 panoptic_deeplab_targets.npz: a small panoptic label and deeplab2's training targets for it (`make_targets_fixture`).
-resize.npz: deeplab2's resize_to_range sizes and its resizing and random scaling of an image and label.
+resize.npz: deeplab2's resize_to_range sizes, its resizing and random scaling of an image and label, and its
+undo_preprocessing of predictions back to the image size.
 """
 
 import os
@@ -234,6 +235,13 @@ def make_resize_fixture(path: str) -> None:
     for name, scale in (('small', 0.6), ('large', 1.35)):
         scaled = preprocess_utils.randomly_scale_image_and_label(image, label, tf.constant(scale, tf.float32))
         arrays.update({f'{name}_image': scaled[0].numpy(), f'{name}_label': scaled[1].numpy()[..., 0]})
+    # undo_preprocessing: predictions of a 9 x 13 resized image inside a padded 12 x 16 input, back to 25 x 37.
+    from deeplab2.model import utils
+    predictions = {'panoptic_pred': tf.constant(rng.integers(0, 5000, (1, 12, 16)).astype(np.int32)),
+                   'semantic_probs': tf.constant(rng.random((1, 12, 16, 3)).astype(np.float32))}
+    restored = utils.undo_preprocessing(dict(predictions), [9, 13], [25, 37])
+    arrays.update({f'undo_{key}': value.numpy()[0] for key, value in predictions.items()})
+    arrays.update({f'undone_{key}': value.numpy()[0] for key, value in restored.items()})
     np.savez(path, **arrays)
 
 
