@@ -83,8 +83,7 @@ def test_encoder_reproduces_deeplab2_endpoints(name):
     assert all(errors[key] < _TOLERANCE[key] for key in _TOLERANCE), errors
     # The attention batch norms keep deeplab2's broadcast shapes in the file and ours in the model.
     similarity = encoder.res2_block1.attention.height_axis.batch_norm_similarity.gamma
-    stored = tf.train.load_checkpoint(prefix).get_tensor(
-        assigned['encoder/res2_block1/attention/height_axis/batch_norm_similarity/gamma'])
+    stored = tf.train.load_checkpoint(prefix).get_tensor(assigned[similarity.path])
     assert stored.shape == (3, 1, 8, 1, 1) and similarity.shape == (3, 8)
     np.testing.assert_array_equal(similarity.numpy(), stored[:, 0, :, 0, 0])
 
@@ -126,12 +125,7 @@ def test_training_gradients_match_deeplab2():
     config = _panoptic_config(prefix)
     model = builder.build_model(config, config_utils.validate(config)['train'])
     model.build((None, 33, 49, 3))
-    assigned = load_deeplab2_checkpoint(model.checkpoint_items, prefix)
-    keys = {}
-    for name, layer in model.checkpoint_items.items():
-        for variable in layer.trainable_weights:
-            parts = variable.path.split('/')
-            keys[variable.path] = assigned['/'.join([name] + parts[parts.index(layer.name) + 1:])]
+    keys = load_deeplab2_checkpoint(model.checkpoint_items, prefix)
     outputs = {'semantic_logits': common.PRED_SEMANTIC_LOGITS_KEY, 'center_heatmap': common.PRED_CENTER_HEATMAP_KEY,
                'offset_map': common.PRED_OFFSET_MAP_KEY}
     with tf.GradientTape() as tape:
@@ -139,7 +133,7 @@ def test_training_gradients_match_deeplab2():
         scalar = tf.add_n([tf.reduce_sum(predictions[outputs[key]] * weight)
                            for key, weight in gradient_projection(expected['images'].shape).items()])
     gradients = tape.gradient(scalar, model.trainable_variables)
-    theirs = {path: expected[f'grad:{key}'] for path, key in keys.items()}
+    theirs = {v.path: expected[f'grad:{keys[v.path]}'] for v in model.trainable_variables}
     assert len(theirs) == len([key for key in expected if key.startswith('grad:')])
     scale = max(value[0] for value in theirs.values())
     ours = {v.path: fingerprint(np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy())

@@ -98,14 +98,6 @@ def is_deeplab2_checkpoint(prefix: str) -> bool:
     return any(_DEEPLAB2_ENCODER.match(key) for key, _ in tf.train.list_variables(prefix))
 
 
-def _checkpoint_prefix(path: str) -> str:
-    prefix = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else path
-    if not prefix or not tf.io.gfile.exists(prefix + '.index'):
-        raise ValueError(f'deeplab2 checkpoint {path!r} is not a checkpoint (no {path}.index) nor a folder holding '
-                         'one')
-    return prefix
-
-
 def _relative_path(variable, layer: keras.layers.Layer) -> str:
     parts = variable.path.split('/')
     return '/'.join(parts[parts.index(layer.name) + 1:])
@@ -115,22 +107,22 @@ def _top_level_items(prefix: str) -> List[str]:
     return sorted({key.split('/')[0] for key, _ in tf.train.list_variables(prefix)})
 
 
-def readable_items(checkpoint: str) -> List[str]:
+def readable_items(prefix: str) -> List[str]:
     """Our checkpoint items whose deeplab2 items the checkpoint holds (e.g. only the encoder in an ImageNet one)."""
-    present = set(_top_level_items(_checkpoint_prefix(checkpoint)))
+    present = set(_top_level_items(prefix))
     return [ours for ours, theirs in DEEPLAB2_ITEMS.items() if present.issuperset(theirs)]
 
 
-def load_deeplab2_checkpoint(items: Mapping[str, keras.layers.Layer], checkpoint: str) -> Dict[str, str]:
+def load_deeplab2_checkpoint(items: Mapping[str, keras.layers.Layer], prefix: str) -> Dict[str, str]:
     """Assigns every variable of our built checkpoint items from a deeplab2 checkpoint.
 
     Args:
       items: some of a model's `checkpoint_items` (names from `DEEPLAB2_ITEMS`), built; the encoder with
         `DEEPLAB2_LAYOUT` and the checkpoint's widths and block counts, the decoder with its channels.
-      checkpoint: a checkpoint prefix, or a folder holding one.
+      prefix: the checkpoint prefix (callers resolve a folder to its newest checkpoint and check it exists).
 
     Returns:
-      {'item/variable path': deeplab2 key} of what was assigned.
+      {our variable's path: deeplab2 key} of what was assigned.
 
     Raises:
       ValueError: an item with no deeplab2 counterpart or not built, the encoder not in deeplab2's layout, the
@@ -150,7 +142,6 @@ def load_deeplab2_checkpoint(items: Mapping[str, keras.layers.Layer], checkpoint
         if any(value != DEEPLAB2_LAYOUT[name] for name, value in layout.items()):
             raise ValueError(f'deeplab2 checkpoint: the encoder has {layout}; deeplab2 checkpoints need it built with '
                              f'DEEPLAB2_LAYOUT {DEEPLAB2_LAYOUT} (model_options.backbone.deeplab2_layout: true)')
-    prefix = _checkpoint_prefix(checkpoint)
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
     values, assigned = [], {}
@@ -172,13 +163,13 @@ def load_deeplab2_checkpoint(items: Mapping[str, keras.layers.Layer], checkpoint
                 raise ValueError(f'deeplab2 checkpoint {prefix}: {key!r} has shape {list(value.shape)}, our {name} '
                                  f'{path!r} expects {list(variable.shape)}')
             values.append((variable, value.reshape(variable.shape)))
-            mine[path] = key
+            mine[variable.path] = key
         left_over = sorted(theirs - set(mine.values()))
         if left_over:
             examples = ', '.join(key[:-len(_VALUE_SUFFIX)] for key in left_over[:5])
             raise ValueError(f'deeplab2 checkpoint {prefix}: {len(left_over)} variables have no counterpart in our '
                              f'{name} (a different layout, width or block count?), e.g. {examples}')
-        assigned.update({f'{name}/{path}': key for path, key in mine.items()})
+        assigned.update(mine)
     for variable, value in values:
         variable.assign(value.astype(variable.dtype))
     return assigned
