@@ -19,6 +19,7 @@ same images:
 Names: 'simple_classification_policy', optionally suffixed '_magnitude_scale_<s>' (magnitudes multiplied by s).
 """
 
+import functools
 import re
 from typing import Callable, Optional
 
@@ -124,8 +125,9 @@ def get_policy(name: Optional[str]) -> Optional[Callable[[tf.Tensor, tf.Tensor],
             def branch():
                 out = pixels
                 for k, (op, probability, magnitude) in enumerate(sub_policy):
-                    applied = apply_operation(op, out, magnitude * scale)
-                    out = tf.where(fires[k] < probability, applied, out)
+                    # A cond, not a select: an operation that does not fire is not computed on the (scaled) image.
+                    operation = functools.partial(apply_operation, op, out, magnitude * scale)
+                    out = tf.cond(fires[k] < probability, operation, functools.partial(tf.identity, out))
                 return out
             return branch
 
