@@ -26,6 +26,16 @@ def test_large_image_is_scaled_down_keeping_its_aspect():
     np.testing.assert_array_equal(padded.numpy()[:, 5:], 127.5)
 
 
+def test_scaling_down_aligns_corners_as_restoring_does():
+    """A vertical ramp 0..39 fitted from 40 rows into 10: with corners aligned row i holds i * 39 / 9 (half-pixel
+    centres would give 4 i + 1.5), so restore_to_image_size's align-corners resize maps it back onto the ramp."""
+    image = np.repeat(np.arange(40, dtype=np.float32)[:, None, None], 3, axis=2).repeat(20, axis=1)
+    padded, resized = inference.fit_to_input_size(image, (10, 10))
+    np.testing.assert_allclose(padded.numpy()[:10, 0, 0], np.arange(10) * 39 / 9, atol=1e-4)
+    back = inference.restore_to_image_size({common.PRED_SEMANTIC_PROBS_KEY: padded}, resized, [40, 20])
+    np.testing.assert_allclose(back[common.PRED_SEMANTIC_PROBS_KEY].numpy()[:, 0, 0], np.arange(40), atol=1e-3)
+
+
 def test_restore_crops_and_resizes_each_kind_of_output():
     panoptic = np.arange(16, dtype=np.int32).reshape(4, 4)
     offsets = np.ones((4, 4, 2), np.float32)

@@ -32,7 +32,7 @@ def get_random_scale(seed: tf.Tensor, min_scale: float, max_scale: float, step_s
     return choices[index]
 
 
-def _resize_align_corners(image: tf.Tensor, label: Optional[tf.Tensor], size: tf.Tensor
+def resize_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], size: tf.Tensor
                           ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
     """deeplab2's data resizing: bilinear image, nearest-neighbour label, both with align_corners."""
     image = tf.compat.v1.image.resize(image, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True)
@@ -46,7 +46,7 @@ def scale_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], scale: t
                           ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
     """Resizes the image and label to floor(size * scale) (deeplab2's randomly_scale_image_and_label)."""
     size = tf.cast(tf.floor(tf.cast(tf.shape(image)[:2], tf.float32) * tf.cast(scale, tf.float32)), tf.int32)
-    return _resize_align_corners(image, label, size)
+    return resize_image_and_label(image, label, size)
 
 
 def _scaled_size(size: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
@@ -82,7 +82,7 @@ def resize_to_range(image: tf.Tensor, label: Optional[tf.Tensor], min_size: int,
     if min_size <= 0 and max_size <= 0:
         return image, label
     shape = tf.shape(image)
-    return _resize_align_corners(image, label, resize_to_range_size(shape[0], shape[1], min_size, max_size, factor))
+    return resize_image_and_label(image, label, resize_to_range_size(shape[0], shape[1], min_size, max_size, factor))
 
 
 def pad_to_size(image: tf.Tensor, label: Optional[tf.Tensor], height: int, width: int, label_pad_value: int

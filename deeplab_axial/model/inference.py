@@ -51,8 +51,9 @@ def fit_to_input_size(image: tf.Tensor, input_size: Sequence[int], min_resize_va
                        tf.minimum(height / tf.cast(size[0], tf.float64), width / tf.cast(size[1], tf.float64)))
     fitted = tf.minimum(tf.maximum(tf.cast(tf.floor(tf.cast(size, tf.float64) * scale), tf.int32), 1),
                         tf.constant([height, width]))
+    # Corners aligned, as resize_to_range and as restore_to_image_size undoes it.
     image = tf.cond(tf.reduce_all(tf.equal(fitted, size)), lambda: image,
-                    lambda: tf.image.resize(image, fitted, method='bilinear'))
+                    lambda: preprocessing.resize_image_and_label(image, None, fitted)[0])
     image, _ = preprocessing.pad_to_size(image, None, height, width, 0)
     return tf.ensure_shape(image, [height, width, 3]), fitted
 
