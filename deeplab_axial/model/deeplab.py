@@ -1,6 +1,7 @@
 """Axial-DeepLab (Wang et al., ECCV 2020) and the Axial-ResNet ImageNet classifier as Keras 3 models.
 
-Both take float32 images [batch, height, width, 3] in 0..255 and normalise them to x / 127.5 - 1 inside.
+Both take float32 images [batch, height, width, 3] in 0..255 and normalise them inside: to x / 127.5 - 1 (deeplab2),
+or with torchvision's ImageNet mean and std (`input_normalization='imagenet'`, the official PyTorch models').
 Axial-DeepLab = Axial-ResNet encoder (Inception stem, output stride 16, span 65) + Panoptic-DeepLab decoder and
 heads; its outputs are resized to the input size (bilinear, align_corners) and the offsets rescaled by the resize
 ratio, all float32:
@@ -19,8 +20,14 @@ from deeplab_axial.model.decoder.panoptic_deeplab import (InstanceLastLayers, Pa
 from deeplab_axial.model.encoder.axial_resnet import AxialResNet
 
 
-def normalize_image(images: tf.Tensor, dtype: str) -> tf.Tensor:
-    """0..255 float images -> x / 127.5 - 1 in `dtype`.
+# torchvision's ImageNet statistics of 0..1 images, which the official PyTorch Axial-ResNets were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMALIZATIONS = ('symmetric', 'imagenet')
+
+
+def normalize_image(images: tf.Tensor, dtype: str, normalization: str = 'symmetric') -> tf.Tensor:
+    """0..255 float images -> x / 127.5 - 1 ('symmetric') or (x / 255 - mean) / std ('imagenet') in `dtype`.
 
     Raises:
       ValueError: height or width is not static (axial attention builds its windows from the static lengths;
@@ -29,7 +36,14 @@ def normalize_image(images: tf.Tensor, dtype: str) -> tf.Tensor:
     if images.shape.rank != 4 or images.shape[1] is None or images.shape[2] is None or images.shape[3] != 3:
         raise ValueError('Axial models need images of static shape [batch, height, width, 3]. Received shape '
                          f'{images.shape}')
+    if normalization == 'imagenet':
+        return tf.cast((tf.cast(images, tf.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD, dtype)
     return tf.cast(tf.cast(images, tf.float32) / 127.5 - 1.0, dtype)
+
+
+def _check_normalization(normalization: str) -> None:
+    if normalization not in INPUT_NORMALIZATIONS:
+        raise ValueError(f'`input_normalization` must be one of {INPUT_NORMALIZATIONS}. Received: {normalization!r}')
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
@@ -43,18 +57,22 @@ class AxialDeepLab(keras.Model):
       bn_momentum: decoder batch-norm momentum.
       bn_epsilon: decoder batch-norm epsilon.
       use_sync_batchnorm: synchronise the decoder's batch statistics across replicas.
+      input_normalization: 'symmetric' (x / 127.5 - 1) or 'imagenet' (see `normalize_image`).
       **kwargs: forwarded to `keras.Model`.
     """
 
     def __init__(self, num_classes: int, encoder_config: dict, decoder_config: Optional[dict] = None,
-                 bn_momentum: float = 0.99, bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False, **kwargs):
+                 bn_momentum: float = 0.99, bn_epsilon: float = 1e-3, use_sync_batchnorm: bool = False,
+                 input_normalization: str = 'symmetric', **kwargs):
         super().__init__(**kwargs)
+        _check_normalization(input_normalization)
         self.num_classes = num_classes
         self.encoder_config = dict(encoder_config)
         self.decoder_config = dict(decoder_config or {})
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.use_sync_batchnorm = use_sync_batchnorm
+        self.input_normalization = input_normalization
         # === Layers ===
         self.encoder = AxialResNet(name='encoder', **self.encoder_config)
         self.decoder = PanopticDeepLabDecoder(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
@@ -86,7 +104,8 @@ class AxialDeepLab(keras.Model):
     def call(self, images: tf.Tensor, training: bool = False) -> Dict[str, tf.Tensor]:
         """images: float32 [batch, height, width, 3] in 0..255 (static height and width)."""
         size = images.shape[1:3]
-        features = self.encoder(normalize_image(images, self.compute_dtype), training=training)
+        features = self.encoder(normalize_image(images, self.compute_dtype, self.input_normalization),
+                                training=training)
         heads = self.decoder(features, training=training)
         semantic = self.semantic_last_layer(heads['semantic'])
         center, offset = self.instance_last_layer(heads['center'], heads['offset'])
@@ -97,7 +116,7 @@ class AxialDeepLab(keras.Model):
     def get_config(self) -> dict:
         return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config,
                     decoder_config=self.decoder_config, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                    use_sync_batchnorm=self.use_sync_batchnorm)
+                    use_sync_batchnorm=self.use_sync_batchnorm, input_normalization=self.input_normalization)
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
@@ -108,16 +127,20 @@ class AxialResNetClassifier(keras.Model):
       num_classes: output classes.
       encoder_config: keyword arguments of `AxialResNet`.
       dropout_rate: dropout on the pooled features in training (model_options.classification.dropout_rate).
+      input_normalization: 'symmetric' (x / 127.5 - 1) or 'imagenet' (see `normalize_image`).
       **kwargs: forwarded to `keras.Model`.
     """
 
-    def __init__(self, num_classes: int, encoder_config: dict, dropout_rate: float = 0.0, **kwargs):
+    def __init__(self, num_classes: int, encoder_config: dict, dropout_rate: float = 0.0,
+                 input_normalization: str = 'symmetric', **kwargs):
         super().__init__(**kwargs)
+        _check_normalization(input_normalization)
         if not 0.0 <= dropout_rate < 1.0:
             raise ValueError(f'AxialResNetClassifier: `dropout_rate` must be in [0, 1). Received: {dropout_rate}')
         self.num_classes = num_classes
         self.encoder_config = dict(encoder_config)
         self.dropout_rate = dropout_rate
+        self.input_normalization = input_normalization
         # === Layers ===
         self.encoder = AxialResNet(name='encoder', **self.encoder_config)
         self.classification_head = keras.layers.Dense(num_classes, name='classification_head', dtype='float32')
@@ -134,7 +157,8 @@ class AxialResNetClassifier(keras.Model):
 
     def call(self, images: tf.Tensor, training: bool = False) -> Dict[str, tf.Tensor]:
         """images: float32 [batch, height, width, 3] in 0..255 -> {'logits': [batch, num_classes]}."""
-        features = self.encoder(normalize_image(images, self.compute_dtype), training=training)
+        features = self.encoder(normalize_image(images, self.compute_dtype, self.input_normalization),
+                                training=training)
         pooled = tf.reduce_mean(tf.cast(features[common.RES5], tf.float32), axis=[1, 2])
         if training and self.dropout_rate > 0:
             # A stateful op per replica (as DropPath): each replica draws its own mask; float32 under mixed precision.
@@ -143,4 +167,4 @@ class AxialResNetClassifier(keras.Model):
 
     def get_config(self) -> dict:
         return dict(name=self.name, num_classes=self.num_classes, encoder_config=self.encoder_config,
-                    dropout_rate=self.dropout_rate)
+                    dropout_rate=self.dropout_rate, input_normalization=self.input_normalization)

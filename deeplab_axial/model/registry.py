@@ -72,13 +72,15 @@ def build_model(name: str, **overrides) -> keras.Model:
       name: a registered name (see `model_names()`).
       **overrides: `num_classes` and any `AxialResNet` argument; panoptic models also take `decoder_config`
         (`PanopticDeepLabDecoder` widths), and their decoder's batch-norm settings follow `bn_momentum`,
-        `bn_epsilon` and `use_sync_batchnorm`; classifiers also take `dropout_rate` (before the linear layer).
+        `bn_epsilon` and `use_sync_batchnorm`; classifiers also take `dropout_rate` (before the linear layer); both
+        take `input_normalization` ('symmetric' or 'imagenet', see `deeplab.normalize_image`).
 
     Raises:
       ValueError: unknown name or override.
     """
     variant = _lookup(name)
-    extra = {'num_classes'} | ({'decoder_config'} if variant['task'] == 'panoptic' else {'dropout_rate'})
+    extra = {'num_classes', 'input_normalization'} | (
+        {'decoder_config'} if variant['task'] == 'panoptic' else {'dropout_rate'})
     unknown = sorted(set(overrides) - set(_ENCODER_ARGS) - extra)
     if unknown:
         raise ValueError(f'build_model({name!r}): unknown overrides {unknown}. Valid: {", ".join(sorted(extra))}, '
@@ -86,8 +88,11 @@ def build_model(name: str, **overrides) -> keras.Model:
     num_classes = overrides.pop('num_classes', variant['num_classes'])
     decoder_config = overrides.pop('decoder_config', None)
     dropout_rate = overrides.pop('dropout_rate', 0.0)
+    normalization = overrides.pop('input_normalization', 'symmetric')
     encoder = dict(variant['encoder'], **overrides)
     if variant['task'] == 'classification':
-        return AxialResNetClassifier(num_classes, encoder, dropout_rate=dropout_rate, name=name)
+        return AxialResNetClassifier(num_classes, encoder, dropout_rate=dropout_rate,
+                                     input_normalization=normalization, name=name)
     decoder_bn = {key: encoder[key] for key in ('bn_momentum', 'bn_epsilon', 'use_sync_batchnorm') if key in encoder}
-    return AxialDeepLab(num_classes, encoder, decoder_config=decoder_config, name=name, **decoder_bn)
+    return AxialDeepLab(num_classes, encoder, decoder_config=decoder_config, input_normalization=normalization,
+                        name=name, **decoder_bn)

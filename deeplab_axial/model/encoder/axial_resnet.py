@@ -9,6 +9,10 @@ block (deeplab2 moves the pool's stride there, so res2's first height axis runs 
   'axial':     three AxialBlocks of width 32, the first with stride 2 (the full, stand-alone Axial-ResNet; the
                paper gives no stem widths, this follows deeplab2's stride-2 axial stage).
 Stem channels scale with `stem_width_multiplier`.
+
+Three switches build the official PyTorch Axial-ResNet (`pytorch_checkpoint.PYTORCH_LAYOUT`): the conv stem and its
+max-pool padded on both sides, strided blocks that attend at full resolution and then average-pool, and relative
+tables sized to each layer's axis length at one input size (PyTorch's kernel_size) instead of `max_span`.
 """
 
 from typing import Dict, List, Optional, Sequence
@@ -47,6 +51,14 @@ class AxialResNet(keras.layers.Layer):
       use_sync_batchnorm: synchronise batch statistics across replicas.
       project_strided_shortcut: False subsamples, rather than projects, the shortcut of a strided block whose
         channels do not change (deeplab2; see `deeplab2_checkpoint`).
+      symmetric_stem_padding: zero-pad the conv stem's 7x7/2 conv by 3 and its max-pool by 1 on every side, then
+        neither pads (PyTorch's ResNet stem). Keras 'same' pads one less at the start for even sizes, which moves
+        every output; zeros pad the pool exactly as PyTorch's -inf because it follows a ReLU.
+      stride_by_average_pool: strided blocks attend at full resolution and then average-pool (PyTorch) instead of
+        subsampling after each attention axis.
+      relative_table_input_size: when set, each attention layer's relative tables have 2 * L - 1 rows, L its axis
+        length at this (square) input size, instead of 2 * max_span - 1 (PyTorch's kernel_size = L). Longer axes
+        reuse the last rows, as beyond max_span.
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
@@ -56,7 +68,9 @@ class AxialResNet(keras.layers.Layer):
                  span: Optional[int] = None, stem_span: Optional[int] = 15, drop_path_keep_prob: float = 1.0,
                  drop_path_schedule: str = 'constant', num_heads: int = 8, block_size: int = 64,
                  max_span: int = 255, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 use_sync_batchnorm: bool = False, project_strided_shortcut: bool = True, **kwargs):
+                 use_sync_batchnorm: bool = False, project_strided_shortcut: bool = True,
+                 symmetric_stem_padding: bool = False, stride_by_average_pool: bool = False,
+                 relative_table_input_size: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f'AxialResNet: `stem` must be one of {STEMS}. Received: stem={stem!r}')
@@ -68,6 +82,8 @@ class AxialResNet(keras.layers.Layer):
         if drop_path_schedule not in ('constant', 'linear'):
             raise ValueError('AxialResNet: `drop_path_schedule` must be "constant" or "linear". Received: '
                              f'drop_path_schedule={drop_path_schedule!r}')
+        if symmetric_stem_padding and stem != 'conv':
+            raise ValueError(f'AxialResNet: `symmetric_stem_padding` pads the conv stem. Received: stem={stem!r}')
         self.stem = stem
         self.stem_pool = stem_pool
         self.width_multiplier = width_multiplier
@@ -85,23 +101,44 @@ class AxialResNet(keras.layers.Layer):
         self.bn_epsilon = bn_epsilon
         self.use_sync_batchnorm = use_sync_batchnorm
         self.project_strided_shortcut = project_strided_shortcut
+        self.symmetric_stem_padding = symmetric_stem_padding
+        self.stride_by_average_pool = stride_by_average_pool
+        self.relative_table_input_size = relative_table_input_size
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
-        block_args = dict(num_heads=num_heads, block_size=block_size, max_span=max_span, **bn_args)
+        block_args = dict(num_heads=num_heads, block_size=block_size, stride_by_average_pool=stride_by_average_pool,
+                          **bn_args)
+        # The axis length each block attends at, for tables sized by `relative_table_input_size`.
+        length = relative_table_input_size
+
+        def table_span(strides: int) -> int:
+            nonlocal length
+            if length is None:
+                return max_span
+            span_here, length = length, -(-length // strides)
+            return span_here
 
         # === Layers ===
         # Sub-layers are attributes (not lists) so that tf.train.Checkpoint tracks them by name.
         if stem == 'conv':
-            stem_layers = [ConvBN(_scaled(64, stem_width_multiplier), 7, 2, name='stem_conv', **bn_args)]
+            stem_layers = [ConvBN(_scaled(64, stem_width_multiplier), 7, 2, name='stem_conv',
+                                  symmetric_padding=symmetric_stem_padding, **bn_args)]
+            table_span(2)
         elif stem == 'inception':
             stem_layers = [
                 ConvBN(_scaled(64, stem_width_multiplier), 3, 2, name='stem_conv1', **bn_args),
                 ConvBN(_scaled(64, stem_width_multiplier), 3, 1, name='stem_conv2', **bn_args),
                 ConvBN(_scaled(128, stem_width_multiplier), 3, 1, name='stem_conv3', **bn_args)]
+            table_span(2)
         else:
             stem_layers = [AxialBlock(_scaled(32, stem_width_multiplier), 2 if i == 0 else 1, stem_span,
-                                      name=f'stem_block{i + 1}', **block_args) for i in range(3)]
+                                      max_span=table_span(2 if i == 0 else 1), name=f'stem_block{i + 1}',
+                                      **block_args) for i in range(3)]
+        if stem_pool and symmetric_stem_padding:
+            stem_layers.append(keras.layers.ZeroPadding2D(1, name='stem_pool_padding'))
         if stem_pool:
-            stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_pool'))
+            stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='valid' if symmetric_stem_padding else 'same',
+                                                         name='stem_pool'))
+            table_span(2)
         first_stride = 1 if stem_pool else 2
         strides = [first_stride, 2, 2, 2 if output_stride == 32 else 1]
         total = sum(self.blocks_per_stage)
@@ -110,8 +147,9 @@ class AxialResNet(keras.layers.Layer):
         for stage, (count, stride) in enumerate(zip(self.blocks_per_stage, strides)):
             blocks = []
             for i in range(count):
+                block_stride = stride if i == 0 else 1
                 blocks.append(AxialBlock(
-                    _scaled(64 * 2 ** stage, width_multiplier), stride if i == 0 else 1, span,
+                    _scaled(64 * 2 ** stage, width_multiplier), block_stride, span, max_span=table_span(block_stride),
                     drop_path_keep_prob=self._keep_prob(index, total), name=f'{ENDPOINTS[stage]}_block{i + 1}',
                     project_strided_shortcut=project_strided_shortcut, **block_args))
                 index += 1
@@ -162,14 +200,18 @@ class AxialResNet(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(stem=self.stem, stem_pool=self.stem_pool, width_multiplier=self.width_multiplier,
+        # `self.stem_pool` is the pool layer itself when there is one (layers are attributes by name).
+        config.update(stem=self.stem, stem_pool='stem_pool' in self._stem_names, width_multiplier=self.width_multiplier,
                       stem_width_multiplier=self.stem_width_multiplier, blocks_per_stage=self.blocks_per_stage,
                       output_stride=self.output_stride, span=self.span, stem_span=self.stem_span,
                       drop_path_keep_prob=self.drop_path_keep_prob, drop_path_schedule=self.drop_path_schedule,
                       num_heads=self.num_heads, block_size=self.block_size, max_span=self.max_span,
                       bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                       use_sync_batchnorm=self.use_sync_batchnorm,
-                      project_strided_shortcut=self.project_strided_shortcut)
+                      project_strided_shortcut=self.project_strided_shortcut,
+                      symmetric_stem_padding=self.symmetric_stem_padding,
+                      stride_by_average_pool=self.stride_by_average_pool,
+                      relative_table_input_size=self.relative_table_input_size)
         return config
 
 

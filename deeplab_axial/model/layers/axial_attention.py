@@ -416,6 +416,8 @@ class AxialAttention2D(keras.layers.Layer):
       num_heads: attention heads.
       span: None (global), an odd local span for both axes, or a (height, width) pair of those.
       strides: subsampling x[:, ::s] after the height axis and x[:, :, ::s] after the width axis (deeplab2).
+      stride_by_average_pool: stride instead by an s x s average pool after the width axis, both axes attending at
+        full resolution (the official PyTorch code; 'same' pooling, which equals its unpadded pool at even sizes).
       **kwargs: the other `AxialAttention` arguments (max_span, block_size, the term switches, init stds, bn
         settings), then `keras.layers.Layer` arguments.
     """
@@ -427,7 +429,7 @@ class AxialAttention2D(keras.layers.Layer):
 
     def __init__(self, filters: int = 512, key_expansion: float = 1, value_expansion: float = 2,
                  num_heads: int = 8, span: Union[None, int, Sequence[Optional[int]]] = None, strides: int = 1,
-                 **kwargs):
+                 stride_by_average_pool: bool = False, **kwargs):
         attention_args = {name: kwargs.pop(name) for name in self._ATTENTION_ARGS if name in kwargs}
         super().__init__(**kwargs)
         if strides < 1:
@@ -438,6 +440,7 @@ class AxialAttention2D(keras.layers.Layer):
         self.num_heads = num_heads
         self.span = list(span) if isinstance(span, (list, tuple)) else span
         self.strides = strides
+        self.stride_by_average_pool = stride_by_average_pool
         self.attention_args = attention_args
         spans = self.span if isinstance(self.span, list) else [self.span, self.span]
         depths = dict(total_key_depth=int(round(filters * key_expansion)),
@@ -460,14 +463,17 @@ class AxialAttention2D(keras.layers.Layer):
         x = tf.reshape(tf.transpose(inputs, [0, 2, 1, 3]), [-1, height, inputs.shape[-1]])
         x = self.height_axis(x, training=training)
         x = tf.transpose(tf.reshape(x, [batch, width, height, x.shape[-1]]), [0, 2, 1, 3])
-        if self.strides > 1:
+        subsample = self.strides > 1 and not self.stride_by_average_pool
+        if subsample:
             x = x[:, ::self.strides]
             height = x.shape[1]
         x = tf.reshape(x, [-1, width, x.shape[-1]])
         x = self.width_axis(x, training=training)
         x = tf.reshape(x, [batch, height, width, x.shape[-1]])
-        if self.strides > 1:
+        if subsample:
             x = x[:, :, ::self.strides]
+        elif self.strides > 1:
+            x = tf.nn.avg_pool2d(x, self.strides, self.strides, 'SAME')
         return x
 
     def compute_output_shape(self, input_shape: Sequence[Optional[int]]) -> Tuple[Optional[int], ...]:
@@ -479,5 +485,6 @@ class AxialAttention2D(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(filters=self.filters, key_expansion=self.key_expansion, value_expansion=self.value_expansion,
-                      num_heads=self.num_heads, span=self.span, strides=self.strides, **self.attention_args)
+                      num_heads=self.num_heads, span=self.span, strides=self.strides,
+                      stride_by_average_pool=self.stride_by_average_pool, **self.attention_args)
         return config

@@ -26,7 +26,8 @@ class AxialBlock(keras.layers.Layer):
 
     Args:
       filters: attention width f; the block outputs 4f channels.
-      strides: spatial stride, taken after each attention axis (and by the 1x1 shortcut conv).
+      strides: spatial stride, taken after each attention axis or by an average pool (`stride_by_average_pool`),
+        and by the 1x1 shortcut conv.
       span: None (global) or an odd local span of both axial layers.
       num_heads: attention heads.
       drop_path_keep_prob: keep probability of the residual branch (stochastic depth).
@@ -37,13 +38,15 @@ class AxialBlock(keras.layers.Layer):
       max_span: relative tables have 2 * max_span - 1 rows.
       project_strided_shortcut: a strided block whose channels do not change projects its shortcut by a strided
         1x1 conv + BN (True, ResNet) or subsamples it (False, deeplab2).
+      stride_by_average_pool: both attention axes run at full resolution, then an average pool strides (the
+        official PyTorch block) instead of subsampling after each axis.
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
     def __init__(self, filters: int, strides: int = 1, span: Optional[int] = None, num_heads: int = 8,
                  drop_path_keep_prob: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
                  use_sync_batchnorm: bool = False, block_size: int = 64, max_span: int = 255,
-                 project_strided_shortcut: bool = True, **kwargs):
+                 project_strided_shortcut: bool = True, stride_by_average_pool: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
@@ -56,13 +59,14 @@ class AxialBlock(keras.layers.Layer):
         self.block_size = block_size
         self.max_span = max_span
         self.project_strided_shortcut = project_strided_shortcut
+        self.stride_by_average_pool = stride_by_average_pool
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         self.shortcut: Optional[ConvBN] = None
         # === Layers ===
         self.conv1 = ConvBN(2 * filters, 1, name='conv1', **bn_args)
         self.attention = AxialAttention2D(filters, key_expansion=1, value_expansion=2, num_heads=num_heads,
-                                          span=span, strides=strides, block_size=block_size, max_span=max_span,
-                                          name='attention', **bn_args)
+                                          span=span, strides=strides, stride_by_average_pool=stride_by_average_pool,
+                                          block_size=block_size, max_span=max_span, name='attention', **bn_args)
         self.conv3 = ConvBN(4 * filters, 1, activation=False, bn_gamma_zero=True, name='conv3', **bn_args)
         self.drop_path = DropPath(drop_path_keep_prob, name='drop_path')
         self._bn_args = bn_args
@@ -98,5 +102,5 @@ class AxialBlock(keras.layers.Layer):
         config.update(filters=self.filters, strides=self.strides, span=self.span, num_heads=self.num_heads,
                       drop_path_keep_prob=self.drop_path_keep_prob, block_size=self.block_size,
                       max_span=self.max_span, project_strided_shortcut=self.project_strided_shortcut,
-                      **self._bn_args)
+                      stride_by_average_pool=self.stride_by_average_pool, **self._bn_args)
         return config
