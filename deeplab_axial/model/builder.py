@@ -6,6 +6,8 @@ Mapping of config fields to registry overrides:
   1.0), which silently turned its Axial-DeepLab-S into L.
 - `deeplab2_layout` builds the encoder that deeplab2 checkpoints hold (`deeplab2_checkpoint.DEEPLAB2_LAYOUT`, with
   the config's stem width, default 1).
+- `pytorch_layout` builds the official PyTorch Axial-ResNets' layout and input normalisation
+  (`pytorch_checkpoint.PYTORCH_LAYOUT`; its batch-norm epsilon replaces the solver's).
 - `backbone_layer_multiplier` scales the blocks per stage, truncated as deeplab2 does (each stage needs one block);
   `axial_span: 0` is global attention.
 - The decoder widths come from `decoder`, `panoptic_deeplab.low_level`, `panoptic_deeplab.instance` and the heads.
@@ -18,7 +20,7 @@ import keras
 
 from deeplab_axial import common
 from deeplab_axial.data.dataset import DatasetDescriptor
-from deeplab_axial.model import deeplab2_checkpoint, registry
+from deeplab_axial.model import deeplab2_checkpoint, pytorch_checkpoint, registry
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 from deeplab_axial.protos import config_pb2
 
@@ -39,8 +41,13 @@ def _encoder_overrides(config: config_pb2.ExperimentOptions) -> dict:
         overrides['output_stride'] = backbone.output_stride
     if backbone.HasField('backbone_width_multiplier'):
         overrides['width_multiplier'] = backbone.backbone_width_multiplier
+    if backbone.deeplab2_layout and backbone.pytorch_layout:
+        raise ModelConfigError('model_options.backbone: deeplab2_layout and pytorch_layout are two different '
+                               'layouts; set at most one')
     if backbone.deeplab2_layout:
         overrides.update(deeplab2_checkpoint.DEEPLAB2_LAYOUT)
+    if backbone.pytorch_layout:
+        overrides.update(pytorch_checkpoint.PYTORCH_LAYOUT)
     if backbone.HasField('stem_width_multiplier') or backbone.deeplab2_layout:
         overrides['stem_width_multiplier'] = backbone.stem_width_multiplier
     if backbone.HasField('backbone_layer_multiplier'):
