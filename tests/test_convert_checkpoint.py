@@ -8,6 +8,7 @@ test_deeplab2_agreement.py).
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -115,8 +116,10 @@ def test_deeplab2_conversion_reads_plainly_everywhere(tmp_path):
     prefix = os.path.join(_DEEPLAB2, 'ckpt-1')
     assert run_cli('--source', 'deeplab2', '--input', prefix, '--config_file', config_file, '--output',
                    checkpoint) == 0
-    assert run_cli('--source', 'deeplab2', '--input', _DEEPLAB2, '--config_file', config_file, '--output',
-                   saved_model, '--saved_model') == 0  # a folder with one checkpoint and no `checkpoint` file
+    archive = tmp_path / 'archive'  # as a released archive unpacks: one checkpoint in a folder, no state file
+    shutil.copytree(_DEEPLAB2, archive / 'unpacked', ignore=shutil.ignore_patterns('*.npz', '*.textproto'))
+    assert run_cli('--source', 'deeplab2', '--input', archive, '--config_file', config_file, '--output',
+                   saved_model, '--saved_model') == 0
     converted = tf.train.latest_checkpoint(str(checkpoint))
     assert not any(key.startswith('encoder/_stage') for key, _ in tf.train.list_variables(converted))
 

@@ -7,7 +7,7 @@ Usage:
       --config_file configs/imagenet/axial_resnet_26_s_pytorch.textproto --output OUT_DIR [--saved_model]
 
 The config's model is built at its eval crop size and filled from --input: a deeplab2 checkpoint (a prefix, or a
-folder: its newest checkpoint, or its only one) through `deeplab2_checkpoint` (the config needs
+folder: its newest checkpoint, or the only one below it) through `deeplab2_checkpoint` (the config needs
 backbone.deeplab2_layout; every item the checkpoint holds is read: the whole Panoptic-DeepLab, or the encoder of an
 ImageNet checkpoint), or a PyTorch state dict (`.pth`, which needs torch, or `.npz`) through `pytorch_checkpoint` (a
 classification config with backbone.pytorch_layout). OUT_DIR then holds
@@ -70,10 +70,10 @@ def read_weights(model: keras.Model, source: str, path: str) -> Dict[str, keras.
 
 
 def _deeplab2_prefix(path: str) -> str:
-    """The checkpoint prefix `path` names: itself, a folder's newest, or the only one of a folder without a
-    `checkpoint` file (as deeplab2's released archives unpack)."""
+    """The checkpoint prefix `path` names: itself, a folder's newest, or the only one anywhere below a folder
+    without a `checkpoint` file (as deeplab2's released archives unpack)."""
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, 'checkpoint')):
-        indexes = glob.glob(os.path.join(glob.escape(path), '*.index'))
+        indexes = glob.glob(os.path.join(glob.escape(path), '**', '*.index'), recursive=True)
         if len(indexes) != 1:
             raise ConvertError(f'--input {path!r} holds {len(indexes)} checkpoints (.index files) and no `checkpoint` '
                                'file naming one: pass a checkpoint prefix (folder/ckpt-N)')
