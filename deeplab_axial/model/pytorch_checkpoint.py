@@ -43,6 +43,9 @@ _BATCH_NORM = {'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean',
 _CONV_BN = {'stem_conv': ('conv1', 'bn1'), 'conv1': ('conv_down', 'bn1'), 'conv3': ('conv_up', 'bn2'),
             'shortcut': ('downsample.0', 'downsample.1')}
 _AXES = {'height_axis': 'hight_block', 'width_axis': 'width_block'}
+# Our attention batch norms -> the official ones (also the value kind, see `pytorch_key`).
+_ATTENTION_BN = {'batch_norm_qkv': 'bn_qkv', 'batch_norm_similarity': 'bn_similarity',
+                 'batch_norm_retrieved_output': 'bn_output'}
 _IGNORED_SUFFIX = '.num_batches_tracked'
 _INDEX_SUFFIX = '.flatten_index'
 
@@ -84,7 +87,7 @@ def _read_pth(path: str) -> Dict[str, np.ndarray]:
         loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         raise PyTorchCheckpointError(f'PyTorch checkpoint {path!r} cannot be read by torch.load: {e}') from None
-    for key in ('net', 'state_dict', 'model'):  # the official trainer saves {'net': state_dict, 'epoch': ...}
+    for key in ('net', 'state_dict'):  # the official trainer saves {'net': state_dict, 'epoch': ...}
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]
             break
@@ -128,11 +131,8 @@ def pytorch_key(path: str) -> Tuple[str, str]:
             return axis + 'qkv_transform.weight', 'qkv'
         if name in ('query_rpe', 'key_rpe', 'value_rpe'):
             return axis + 'relative', name
-        kinds = {'batch_norm_qkv': ('bn_qkv', 'bn_qkv'), 'batch_norm_similarity': ('bn_similarity', 'bn_similarity'),
-                 'batch_norm_retrieved_output': ('bn_output', 'bn_output')}
-        if name in kinds:
-            theirs, kind = kinds[name]
-            return f'{axis}{theirs}.{_BATCH_NORM[rest[2]]}', kind
+        if name in _ATTENTION_BN:
+            return f'{axis}{_ATTENTION_BN[name]}.{_BATCH_NORM[rest[2]]}', _ATTENTION_BN[name]
     raise PyTorchCheckpointError(f'PyTorch checkpoint: no official counterpart of our {path!r}')
 
 

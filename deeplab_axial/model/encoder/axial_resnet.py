@@ -107,10 +107,11 @@ class AxialResNet(keras.layers.Layer):
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         block_args = dict(num_heads=num_heads, block_size=block_size, stride_by_average_pool=stride_by_average_pool,
                           **bn_args)
-        # The axis length each block attends at, for tables sized by `relative_table_input_size`.
         length = relative_table_input_size
 
         def table_span(strides: int) -> int:
+            """max_span of the next layer: the axis length it attends at with `relative_table_input_size` (then
+            stepping past its stride), else `max_span`. Layers without tables call it for their stride alone."""
             nonlocal length
             if length is None:
                 return max_span
@@ -201,8 +202,9 @@ class AxialResNet(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         # `self.stem_pool` is the pool layer itself when there is one (layers are attributes by name).
-        config.update(stem=self.stem, stem_pool='stem_pool' in self._stem_names, width_multiplier=self.width_multiplier,
-                      stem_width_multiplier=self.stem_width_multiplier, blocks_per_stage=self.blocks_per_stage,
+        config.update(stem=self.stem, stem_pool='stem_pool' in self._stem_names,
+                      width_multiplier=self.width_multiplier, stem_width_multiplier=self.stem_width_multiplier,
+                      blocks_per_stage=self.blocks_per_stage,
                       output_stride=self.output_stride, span=self.span, stem_span=self.stem_span,
                       drop_path_keep_prob=self.drop_path_keep_prob, drop_path_schedule=self.drop_path_schedule,
                       num_heads=self.num_heads, block_size=self.block_size, max_span=self.max_span,
