@@ -101,7 +101,8 @@ class AxialResNet(keras.layers.Layer):
             stem_layers = [AxialBlock(_scaled(32, stem_width_multiplier), 2 if i == 0 else 1, stem_span,
                                       name=f'stem_block{i + 1}', **block_args) for i in range(3)]
         if stem_pool:
-            stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_pool'))
+            # Not named 'stem_pool': sub-layers become attributes by name, which would replace the `stem_pool` flag.
+            stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_max_pool'))
         first_stride = 1 if stem_pool else 2
         strides = [first_stride, 2, 2, 2 if output_stride == 32 else 1]
         total = sum(self.blocks_per_stage)
