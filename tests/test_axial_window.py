@@ -28,7 +28,8 @@ def loop_eq4(x, layer, training):
     x: float64 [N, L, C]; reads the layer's variables; returns float64 [N, L, Dv].
     """
     n, length, _ = x.shape
-    heads, dk, dv = layer.num_heads, layer.total_key_depth // layer.num_heads, layer.total_value_depth // layer.num_heads
+    heads = layer.num_heads
+    dk, dv = layer.total_key_depth // heads, layer.total_value_depth // heads
     rows = 2 * layer.max_span - 1
 
     def value(variable):

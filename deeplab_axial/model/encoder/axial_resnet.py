@@ -21,6 +21,8 @@ from deeplab_axial.model.layers.axial_blocks import AxialBlock
 from deeplab_axial.model.layers.convolutions import ConvBN
 
 STEMS = ('conv', 'inception', 'axial')
+OUTPUT_STRIDES = (16, 32)
+DROP_PATH_SCHEDULES = ('constant', 'linear')
 ENDPOINTS = (common.RES2, common.RES3, common.RES4, common.RES5)
 
 
@@ -60,13 +62,14 @@ class AxialResNet(keras.layers.Layer):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f'AxialResNet: `stem` must be one of {STEMS}. Received: stem={stem!r}')
-        if output_stride not in (16, 32):
-            raise ValueError(f'AxialResNet: `output_stride` must be 16 or 32. Received: output_stride={output_stride}')
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f'AxialResNet: `output_stride` must be one of {OUTPUT_STRIDES}. Received: '
+                             f'output_stride={output_stride}')
         if len(blocks_per_stage) != 4 or min(blocks_per_stage) < 1:
             raise ValueError('AxialResNet: `blocks_per_stage` must be 4 positive counts (res2..res5). Received: '
                              f'blocks_per_stage={blocks_per_stage}')
-        if drop_path_schedule not in ('constant', 'linear'):
-            raise ValueError('AxialResNet: `drop_path_schedule` must be "constant" or "linear". Received: '
+        if drop_path_schedule not in DROP_PATH_SCHEDULES:
+            raise ValueError(f'AxialResNet: `drop_path_schedule` must be one of {DROP_PATH_SCHEDULES}. Received: '
                              f'drop_path_schedule={drop_path_schedule!r}')
         self.stem = stem
         self.stem_pool = stem_pool

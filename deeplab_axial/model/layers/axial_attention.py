@@ -10,8 +10,9 @@ A local span m restricts query o to the keys p with |p - o| <= (m - 1) / 2 insid
 L x L pairs, when no span is set or when every window covers the axis (L <= (m + 1) / 2). A local span is computed
 in query blocks: a block of `block_size` queries attends to its block_size + m - 1 keys (a halo of (m - 1) / 2 each
 side), masked outside each query's window and past the borders, so memory and time are O(L * (block_size + m))
-instead of O(L^2); an axis short enough that its L x L pairs are fewer runs as one block masked to the windows. The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block,
-batch element and head, and contracted by matmuls batched over the query (or key) position.
+instead of O(L^2); an axis short enough that its L x L pairs are fewer runs as one block masked to the windows.
+The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block, batch
+element and head, and contracted by matmuls batched over the query (or key) position.
 
 The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its moments come exactly from
 small Gram matrices of q and k (`attention_moments`; the local content term alone is reduced directly), its
