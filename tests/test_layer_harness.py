@@ -197,6 +197,14 @@ def _layer_case(name: str) -> LayerCase:
     return LAYERS[name]
 
 
+def _randomized(name: str, rng):
+    """The case of `name`, its layer built with non-trivial batch norms, and its inputs."""
+    case = _layer_case(name)
+    layer = _built(name, case)
+    _randomize(layer, rng)
+    return case, layer, _inputs(case, rng)
+
+
 _LAYER_NAMES = sorted(set(REGISTERED) - set(OPTIMIZER_OBJECTS))
 
 
@@ -211,15 +219,12 @@ def test_build_and_variable_counts(name):
 
 @pytest.mark.parametrize('name', _LAYER_NAMES)
 def test_config_survives_json_with_the_same_outputs(name, rng):
-    case = _layer_case(name)
-    layer = _built(name, case)
-    _randomize(layer, rng)
+    case, layer, inputs = _randomized(name, rng)
     config = layer.get_config()
     clone = REGISTERED[name].from_config(json.loads(json.dumps(config)))
     clone.build(case.shapes)
     assert clone.get_config() == config
     clone.set_weights(layer.get_weights())
-    inputs = _inputs(case, rng)
     for got, expected in zip(_call(clone, inputs), _call(layer, inputs)):
         np.testing.assert_array_equal(got.numpy(), expected.numpy())
     # The registered name too: Keras' own serialisation, through JSON.
@@ -229,10 +234,7 @@ def test_config_survives_json_with_the_same_outputs(name, rng):
 
 @pytest.mark.parametrize('name', _LAYER_NAMES)
 def test_one_training_step(name, rng):
-    case = _layer_case(name)
-    layer = _built(name, case)
-    _randomize(layer, rng)
-    inputs = _inputs(case, rng)
+    _, layer, inputs = _randomized(name, rng)
     before = [v.numpy().copy() for v in layer.weights]
     with tf.GradientTape() as tape:
         outputs = _call(layer, inputs, training=True)
@@ -252,10 +254,7 @@ def test_one_training_step(name, rng):
 
 @pytest.mark.parametrize('name', _LAYER_NAMES)
 def test_mixed_precision(name, rng):
-    case = _layer_case(name)
-    reference = _built(name, case)
-    _randomize(reference, rng)
-    inputs = _inputs(case, rng)
+    case, reference, inputs = _randomized(name, rng)
     expected = _call(reference, inputs)
     keras.config.set_dtype_policy('mixed_float16')
     try:
