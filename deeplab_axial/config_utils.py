@@ -15,18 +15,17 @@ from google.protobuf import text_format
 
 from deeplab_axial import unsupported_fields
 from deeplab_axial.data import dataset as dataset_lib
+from deeplab_axial.model.encoder import axial_resnet
 from deeplab_axial.protos import config_pb2
 from deeplab_axial.protos import dataset_pb2
 from deeplab_axial.protos import evaluator_pb2
+from trainer import optimizer_builder
 
 _PLACEHOLDER = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}')
 
+# The valid values of the other enumerated fields live with the code that uses them (the encoder, the optimizer
+# builder) and are read from there.
 SUPPORTED_META_ARCHITECTURES = ('panoptic_deeplab', 'classification')
-SUPPORTED_OPTIMIZERS = ('adam', 'adamw', 'sgd', 'radam')
-SUPPORTED_LEARNING_POLICIES = ('poly', 'cosine')
-SUPPORTED_PRECISION_POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
-SUPPORTED_DROP_PATH_SCHEDULES = ('constant', 'linear')
-SUPPORTED_OUTPUT_STRIDES = (8, 16, 32)
 # The loss each trainer_options.loss_options field computes (deeplab2's names).
 LOSS_NAMES = {'semantic_loss': 'softmax_cross_entropy', 'center_loss': 'mse', 'regression_loss': 'l1',
               'classification_loss': 'softmax_cross_entropy'}
@@ -173,6 +172,18 @@ def get_dataset_descriptor(options: dataset_pb2.DatasetOptions,
                           f'{dataset_lib.names()}; or describe it in {field}.dataset_descriptor') from None
 
 
+def crop_size(options: dataset_pb2.DatasetOptions, field: str) -> Tuple[int, int]:
+    """(crop_height, crop_width) of a dataset block.
+
+    Raises:
+      ConfigError: the field does not hold two positive values; the message names `field`.crop_size.
+    """
+    crop = list(options.crop_size)
+    if len(crop) != 2 or min(crop) <= 0:
+        raise ConfigError(f'{field}.crop_size must hold [crop_height, crop_width], both positive. Received: {crop}')
+    return crop[0], crop[1]
+
+
 class _Checker:
     """Collects every violated rule so that one run reports them all."""
 
@@ -187,8 +198,8 @@ class _Checker:
 def _check_model(c: _Checker, model) -> None:
     backbone = model.backbone
     c.require(bool(backbone.name), 'model_options.backbone.name must be set')
-    c.require(backbone.output_stride in SUPPORTED_OUTPUT_STRIDES,
-              f'model_options.backbone.output_stride must be one of {SUPPORTED_OUTPUT_STRIDES}. '
+    c.require(backbone.output_stride in axial_resnet.OUTPUT_STRIDES,
+              f'model_options.backbone.output_stride must be one of {axial_resnet.OUTPUT_STRIDES}. '
               f'Received: {backbone.output_stride}')
     c.require(backbone.axial_span == 0 or (backbone.axial_span > 0 and backbone.axial_span % 2 == 1),
               'model_options.backbone.axial_span must be odd (a window centred on each pixel) or 0 (global). '
@@ -198,20 +209,20 @@ def _check_model(c: _Checker, model) -> None:
     c.require(0.0 < backbone.drop_path_keep_prob <= 1.0,
               f'model_options.backbone.drop_path_keep_prob must be in (0, 1]. Received: '
               f'{backbone.drop_path_keep_prob}')
-    c.require(backbone.drop_path_schedule in SUPPORTED_DROP_PATH_SCHEDULES,
-              f'model_options.backbone.drop_path_schedule must be one of {SUPPORTED_DROP_PATH_SCHEDULES}. '
+    c.require(backbone.drop_path_schedule in axial_resnet.DROP_PATH_SCHEDULES,
+              f'model_options.backbone.drop_path_schedule must be one of {axial_resnet.DROP_PATH_SCHEDULES}. '
               f'Received: {backbone.drop_path_schedule!r}')
-    c.require(model.mixed_precision_policy in SUPPORTED_PRECISION_POLICIES,
-              f'model_options.mixed_precision_policy must be one of {SUPPORTED_PRECISION_POLICIES}. Received: '
-              f'{model.mixed_precision_policy!r}')
+    c.require(model.mixed_precision_policy in optimizer_builder.PRECISION_POLICIES,
+              f'model_options.mixed_precision_policy must be one of {optimizer_builder.PRECISION_POLICIES}. '
+              f'Received: {model.mixed_precision_policy!r}')
 
 
 def _check_solver(c: _Checker, solver) -> None:
     prefix = 'trainer_options.solver_options'
-    c.require(solver.optimizer in SUPPORTED_OPTIMIZERS,
-              f'{prefix}.optimizer must be one of {SUPPORTED_OPTIMIZERS}. Received: {solver.optimizer!r}')
-    c.require(solver.learning_policy in SUPPORTED_LEARNING_POLICIES,
-              f'{prefix}.learning_policy must be one of {SUPPORTED_LEARNING_POLICIES}. Received: '
+    c.require(solver.optimizer in optimizer_builder.OPTIMIZERS,
+              f'{prefix}.optimizer must be one of {optimizer_builder.OPTIMIZERS}. Received: {solver.optimizer!r}')
+    c.require(solver.learning_policy in optimizer_builder.LEARNING_POLICIES,
+              f'{prefix}.learning_policy must be one of {optimizer_builder.LEARNING_POLICIES}. Received: '
               f'{solver.learning_policy!r}')
     c.require(solver.base_learning_rate > 0, f'{prefix}.base_learning_rate must be positive. Received: '
               f'{solver.base_learning_rate}')
@@ -264,13 +275,15 @@ def _check_dataset(c: _Checker, config, field: str, num_replicas: int, meta: str
     c.require(options.batch_size > 0 and options.batch_size % num_replicas == 0,
               f'{field}.batch_size ({options.batch_size}) must be a positive multiple of the number of replicas '
               f'({num_replicas})')
-    crop = list(options.crop_size)
-    c.require(len(crop) == 2 and min(crop) > 0,
-              f'{field}.crop_size must hold [crop_height, crop_width]. Received: {crop}')
+    try:
+        crop = crop_size(options, field)
+    except ConfigError as e:
+        c.errors.append(str(e))
+        crop = None
     stride = config.model_options.backbone.output_stride
-    if meta == 'panoptic_deeplab' and len(crop) == 2 and stride in SUPPORTED_OUTPUT_STRIDES:
+    if meta == 'panoptic_deeplab' and crop is not None and stride in axial_resnet.OUTPUT_STRIDES:
         c.require(all((s - 1) % stride == 0 for s in crop),
-                  f'{field}.crop_size {crop} must be k * model_options.backbone.output_stride ({stride}) + 1 per '
+                  f'{field}.crop_size {list(crop)} must be k * model_options.backbone.output_stride ({stride}) + 1 per '
                   f'side, e.g. {[-(-(s - 1) // stride) * stride + 1 for s in crop]}')
     expected_task = 'classification' if meta == 'classification' else 'panoptic'
     c.require(descriptor.task == expected_task,

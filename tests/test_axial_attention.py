@@ -48,7 +48,7 @@ def numpy_axial_attention(x, layer, training=False):
     k = qkv[..., dkt:2 * dkt].reshape(n, length, heads, dk)
     v = qkv[..., 2 * dkt:].reshape(n, length, heads, dv)
     max_span = layer.max_span
-    half = None if layer.span is None or layer.span >= length else (layer.span - 1) // 2
+    half = None if layer.span is None else (layer.span - 1) // 2  # a window that covers the axis is global
     rel = np.arange(length)[None, :] - np.arange(length)[:, None]  # [o, p] = p - o
     rows = np.clip(rel, -(max_span - 1), max_span - 1) + max_span - 1
     window = np.ones((length, length), bool) if half is None else np.abs(rel) <= half
@@ -109,7 +109,8 @@ def _layer_and_input(rng, length=11, channels=6, **kwargs):
     dict(span=None, max_span=4),  # distances beyond 3 reuse the clipped table rows
     dict(span=5, block_size=4),  # 3 blocks, the last one padded
     dict(span=3, block_size=11),
-    dict(span=21),  # span >= length: global
+    dict(span=21),  # every window covers the axis: global
+    dict(span=15),  # shorter than the span, but the border queries miss the far end
     dict(span=1, block_size=4),  # each query attends to itself only
     dict(span=None, use_query_rpe_similarity=False, retrieve_value_rpe=False),
     dict(span=5, block_size=3, use_content_similarity=False, use_key_rpe_similarity=False),

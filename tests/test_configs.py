@@ -12,7 +12,9 @@ from google.protobuf import descriptor_pb2
 
 from deeplab_axial import config_utils
 from deeplab_axial.data import dataset as dataset_lib
+from deeplab_axial.model.encoder import axial_resnet
 from deeplab_axial.protos import config_pb2
+from trainer import optimizer_builder
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROTO_DIR = os.path.join(_REPO, 'deeplab_axial', 'protos')
@@ -210,6 +212,10 @@ def test_missing_file_is_named():
     (lambda c: c.train_dataset_options.ClearField('crop_size') or c.train_dataset_options.crop_size.extend(
         [1024, 2049]), ['train_dataset_options.crop_size', 'model_options.backbone.output_stride', '1025']),
     (lambda c: setattr(c.model_options.backbone, 'axial_span', 64), ['model_options.backbone.axial_span']),
+    # The encoder's table: output stride 8 used to pass here and fail at build naming no field.
+    (lambda c: setattr(c.model_options.backbone, 'output_stride', 8),
+     ['model_options.backbone.output_stride must be one of (16, 32)', 'Received: 8']),
+    (lambda c: c.eval_dataset_options.ClearField('crop_size'), ['eval_dataset_options.crop_size must hold']),
     (lambda c: setattr(c.train_dataset_options, 'batch_size', 30), ['train_dataset_options.batch_size', '(8)']),
     (lambda c: setattr(c.train_dataset_options, 'dataset', 'citiscapes'),
      ['train_dataset_options.dataset', "'citiscapes'", 'cityscapes_panoptic', 'coco_panoptic']),
@@ -242,6 +248,35 @@ def test_validation_errors_name_the_fields(mutate, fields):
         config_utils.validate(config, num_replicas=8)
     for text in fields:
         assert text in str(e.value)
+
+
+@pytest.mark.parametrize('field, values', [
+    ('trainer_options.solver_options.optimizer', optimizer_builder.OPTIMIZERS),
+    ('trainer_options.solver_options.learning_policy', optimizer_builder.LEARNING_POLICIES),
+    ('model_options.mixed_precision_policy', optimizer_builder.PRECISION_POLICIES),
+    ('model_options.backbone.output_stride', axial_resnet.OUTPUT_STRIDES),
+    ('model_options.backbone.drop_path_schedule', axial_resnet.DROP_PATH_SCHEDULES),
+])
+def test_validation_accepts_exactly_the_values_the_code_builds(field, values):
+    *path, name = field.split('.')
+
+    def validated(value):
+        config = _deeplab2_config()
+        message = config
+        for part in path:
+            message = getattr(message, part)
+        setattr(message, name, value)
+        config.train_dataset_options.ClearField('crop_size')
+        config.train_dataset_options.crop_size.extend([1025, 2049])  # k * 32 + 1: every output stride
+        try:
+            config_utils.validate(config, num_replicas=8)
+        except config_utils.ConfigError as e:
+            return str(e)
+        return None
+    for value in values:
+        assert validated(value) is None, value
+    wrong = 'other' if isinstance(values[0], str) else 2 * max(values)
+    assert field in validated(wrong) and str(tuple(values)) in validated(wrong)
 
 
 def test_validation_reports_all_violations_at_once():

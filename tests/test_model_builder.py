@@ -74,6 +74,18 @@ def test_errors_name_the_field():
         builder.build_model(config, descriptor)
 
 
+@pytest.mark.parametrize('field, value, message', [
+    ('output_stride', 8, r'^model_options.backbone.output_stride: AxialResNet: `output_stride` must be one of'),
+    # Passes validation; the attention layer rejects it (8 key channels per block in 3 heads).
+    ('num_heads', 3, r'^model_options.backbone.num_heads: AxialAttention: `num_heads` must divide'),
+])
+def test_layer_errors_name_the_config_field(field, value, message):
+    config, descriptor = _load('configs/synthetic/axial_deeplab_tiny.textproto')
+    setattr(config.model_options.backbone, field, value)
+    with pytest.raises(builder.ModelConfigError, match=message):
+        builder.build_model(config, descriptor)
+
+
 def test_layer_multiplier_truncates_block_counts_as_deeplab2():
     """deeplab2's utils.scale_int_list: int(count * multiplier); a stage left without blocks is an error."""
     config, descriptor = _load('configs/cityscapes/axial_deeplab/axial_deeplab_s_os16.textproto')

@@ -130,11 +130,7 @@ def input_size(config: config_pb2.ExperimentOptions) -> Tuple[int, int]:
     Raises:
       config_utils.ConfigError: the field does not hold two positive values.
     """
-    crop = tuple(config.eval_dataset_options.crop_size)
-    if len(crop) != 2 or min(crop) <= 0:
-        raise config_utils.ConfigError('eval_dataset_options.crop_size must hold [height, width]: inference builds '
-                                       f'the model at that size. Received: {list(crop)}')
-    return int(crop[0]), int(crop[1])
+    return config_utils.crop_size(config.eval_dataset_options, 'eval_dataset_options')
 
 
 def resize_options(config: config_pb2.ExperimentOptions) -> Dict[str, int]:

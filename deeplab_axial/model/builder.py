@@ -14,6 +14,7 @@ Mapping of config fields to registry overrides:
 - Batch norm follows `trainer_options.solver_options` (sync BN, momentum, epsilon).
 """
 
+import re
 from typing import Optional
 
 import keras
@@ -29,6 +30,30 @@ _LOW_LEVEL_KEYS = (common.RES3, common.RES2)
 
 class ModelConfigError(ValueError):
     """A model field of the config cannot be built; the message names the field."""
+
+
+# The config field behind each model argument the config sets, to name it in the layers' errors.
+_ARGUMENT_FIELDS = {
+    'num_heads': 'model_options.backbone.num_heads', 'span': 'model_options.backbone.axial_span',
+    'output_stride': 'model_options.backbone.output_stride',
+    'width_multiplier': 'model_options.backbone.backbone_width_multiplier',
+    'stem_width_multiplier': 'model_options.backbone.stem_width_multiplier',
+    'blocks_per_stage': 'model_options.backbone.backbone_layer_multiplier',
+    'drop_path_keep_prob': 'model_options.backbone.drop_path_keep_prob',
+    'drop_path_schedule': 'model_options.backbone.drop_path_schedule',
+    'dropout_rate': 'model_options.classification.dropout_rate',
+    'bn_momentum': 'trainer_options.solver_options.batchnorm_momentum',
+    'bn_epsilon': 'trainer_options.solver_options.batchnorm_epsilon',
+    'use_sync_batchnorm': 'trainer_options.solver_options.use_sync_batchnorm',
+}
+
+
+def _naming_the_field(error: ValueError) -> ModelConfigError:
+    """A layer's error while building from a config, prefixed with the config fields of the arguments it names."""
+    message = str(error)
+    fields = [field for argument, field in _ARGUMENT_FIELDS.items()
+              if re.search(rf'`{argument}`|\b{argument}=', message)]
+    return ModelConfigError(f'{", ".join(fields) or "model_options"}: {message}')
 
 
 def _encoder_overrides(config: config_pb2.ExperimentOptions) -> dict:
@@ -100,8 +125,8 @@ def build_model(config: config_pb2.ExperimentOptions, descriptor: DatasetDescrip
     """The config's model, unbuilt, with `num_classes` checked against the dataset.
 
     Raises:
-      ModelConfigError: unknown backbone name, a class count that disagrees with the dataset, or a decoder layout
-        this model does not have.
+      ModelConfigError: unknown backbone name, a class count that disagrees with the dataset, a decoder layout
+        this model does not have, or a value a layer rejects (named by its config field).
     """
     options = config.model_options
     name = options.backbone.name
@@ -128,7 +153,10 @@ def build_model(config: config_pb2.ExperimentOptions, descriptor: DatasetDescrip
         overrides['decoder_config'] = _decoder_config(config)
     else:
         overrides['dropout_rate'] = options.classification.dropout_rate
-    return registry.build_model(name, num_classes=num_classes, **overrides)
+    try:
+        return registry.build_model(name, num_classes=num_classes, **overrides)
+    except ValueError as e:
+        raise _naming_the_field(e) from None
 
 
 def build_post_processor(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,

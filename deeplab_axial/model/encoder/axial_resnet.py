@@ -25,6 +25,8 @@ from deeplab_axial.model.layers.axial_blocks import AxialBlock
 from deeplab_axial.model.layers.convolutions import ConvBN
 
 STEMS = ('conv', 'inception', 'axial')
+OUTPUT_STRIDES = (16, 32)
+DROP_PATH_SCHEDULES = ('constant', 'linear')
 ENDPOINTS = (common.RES2, common.RES3, common.RES4, common.RES5)
 
 
@@ -74,13 +76,14 @@ class AxialResNet(keras.layers.Layer):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f'AxialResNet: `stem` must be one of {STEMS}. Received: stem={stem!r}')
-        if output_stride not in (16, 32):
-            raise ValueError(f'AxialResNet: `output_stride` must be 16 or 32. Received: output_stride={output_stride}')
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f'AxialResNet: `output_stride` must be one of {OUTPUT_STRIDES}. Received: '
+                             f'output_stride={output_stride}')
         if len(blocks_per_stage) != 4 or min(blocks_per_stage) < 1:
             raise ValueError('AxialResNet: `blocks_per_stage` must be 4 positive counts (res2..res5). Received: '
                              f'blocks_per_stage={blocks_per_stage}')
-        if drop_path_schedule not in ('constant', 'linear'):
-            raise ValueError('AxialResNet: `drop_path_schedule` must be "constant" or "linear". Received: '
+        if drop_path_schedule not in DROP_PATH_SCHEDULES:
+            raise ValueError(f'AxialResNet: `drop_path_schedule` must be one of {DROP_PATH_SCHEDULES}. Received: '
                              f'drop_path_schedule={drop_path_schedule!r}')
         if symmetric_stem_padding and stem != 'conv':
             raise ValueError(f'AxialResNet: `symmetric_stem_padding` pads the conv stem. Received: stem={stem!r}')
@@ -137,8 +140,9 @@ class AxialResNet(keras.layers.Layer):
         if stem_pool and symmetric_stem_padding:
             stem_layers.append(keras.layers.ZeroPadding2D(1, name='stem_pool_padding'))
         if stem_pool:
+            # Not named 'stem_pool': sub-layers become attributes by name, which would replace the `stem_pool` flag.
             stem_layers.append(keras.layers.MaxPooling2D(3, 2, padding='valid' if symmetric_stem_padding else 'same',
-                                                         name='stem_pool'))
+                                                         name='stem_max_pool'))
             table_span(2)
         first_stride = 1 if stem_pool else 2
         strides = [first_stride, 2, 2, 2 if output_stride == 32 else 1]
@@ -201,8 +205,7 @@ class AxialResNet(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        # `self.stem_pool` is the pool layer itself when there is one (layers are attributes by name).
-        config.update(stem=self.stem, stem_pool='stem_pool' in self._stem_names,
+        config.update(stem=self.stem, stem_pool=self.stem_pool,
                       width_multiplier=self.width_multiplier, stem_width_multiplier=self.stem_width_multiplier,
                       blocks_per_stage=self.blocks_per_stage,
                       output_stride=self.output_stride, span=self.span, stem_span=self.stem_span,

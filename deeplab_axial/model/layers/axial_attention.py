@@ -5,11 +5,14 @@
 along one axis, with 8 heads, relative tables shared by the heads, and batch normalisation on the qkv projection, on
 each similarity term per (term, head) and on each retrieved output per (term, channel), as deeplab2 places it.
 
-Global attention (span None, or a span at least the axis length) is one block. A local span m is computed in query
-blocks: a block of `block_size` queries attends to its block_size + m - 1 keys (a halo of (m - 1) / 2 each side),
-masked outside each query's window and past the borders, so memory and time are O(L * (block_size + m)) instead of
-O(L^2). The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block,
-batch element and head, and contracted by matmuls batched over the query (or key) position.
+A local span m restricts query o to the keys p with |p - o| <= (m - 1) / 2 inside the axis, for every axis length
+(the paper's region: the m positions centred on o, clipped at the borders). Attention is global, one block of all
+L x L pairs, when no span is set or when every window covers the axis (L <= (m + 1) / 2). A local span is computed
+in query blocks: a block of `block_size` queries attends to its block_size + m - 1 keys (a halo of (m - 1) / 2 each
+side), masked outside each query's window and past the borders, so memory and time are O(L * (block_size + m))
+instead of O(L^2); an axis short enough that its L x L pairs are fewer runs as one block masked to the windows.
+The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block, batch
+element and head, and contracted by matmuls batched over the query (or key) position.
 
 The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its moments come exactly from
 small Gram matrices of q and k (`attention_moments`; the local content term alone is reduced directly), its
@@ -50,13 +53,20 @@ def _window(length: int, span: Optional[int], block_size: int, max_span: int) ->
     per used table row that give the positional terms' batch-norm moments (see `attention_moments`). Cached: the
     arrays are shared and must not be modified.
     """
-    local = span is not None and span < length
+    radius = None if span is None else (span - 1) // 2
+    # Global only when every query's window covers the axis (length <= (span + 1) / 2); any longer axis is local,
+    # including one shorter than the span, where the queries near the borders still miss the far end.
+    local = radius is not None and length > radius + 1
     if local:
-        halo = (span - 1) // 2
         block = min(block_size, length)
         blocks = -(-length // block)
-        keys = block + 2 * halo
-        paper_keys = span
+        keys = block + 2 * radius
+        halo = radius
+        if length * length <= blocks * block * keys:
+            # One block of the whole axis, masked to the windows, computes fewer pairs (an axis up to about
+            # block_size + span long).
+            block, blocks, keys, halo = length, 1, length, 0
+        paper_keys = min(span, length)
     else:
         block, blocks, keys, halo = length, 1, length, 0
         paper_keys = length
@@ -69,7 +79,7 @@ def _window(length: int, span: Optional[int], block_size: int, max_span: int) ->
     key = start + key_in_block[None] - halo
     valid = np.ones((blocks, block, keys), bool)
     if local:
-        valid = (np.abs(relative)[None] <= halo) & (query < length) & (key >= 0) & (key < length)
+        valid = (np.abs(relative)[None] <= radius) & (query < length) & (key >= 0) & (key < length)
     count_rows, query_counts, key_counts = relative_counts(query, key, table_rows[None], valid, length)
     return dict(blocks=blocks, block=block, keys=keys, halo=halo, table_rows=table_rows.astype(np.int32),
                 mask=valid.astype(np.float32) if local else None, pairs=int(valid.sum()), paper_keys=paper_keys,
@@ -117,8 +127,8 @@ class AxialAttention(keras.layers.Layer):
       total_key_depth: query/key channels over all heads (Dk).
       total_value_depth: value channels over all heads (Dv); also the output channels.
       num_heads: attention heads; must divide both depths.
-      span: None for global attention, else an odd local span m (each query sees the m positions centred on it,
-        clipped at the borders). A span at least the axis length is global.
+      span: None for global attention, else an odd local span m: each query sees the m positions centred on it,
+        clipped at the borders, whatever the axis length (global in effect only when L <= (m + 1) / 2).
       max_span: the relative tables have 2 * max_span - 1 rows; larger distances reuse the last row.
       block_size: queries per block for local attention (memory and time grow as length * (block_size + span)).
       use_query_rpe_similarity: add q_o . r^q_{p-o} to the logits.
@@ -265,7 +275,7 @@ class AxialAttention(keras.layers.Layer):
     @staticmethod
     def _key_blocks(x: tf.Tensor, geometry: dict, length: int) -> tf.Tensor:
         """[batch, heads, length, depth] -> [batch, heads, blocks, keys, depth]: each block's keys with the halo."""
-        if geometry['mask'] is None:
+        if geometry['blocks'] == 1 and geometry['halo'] == 0:  # one block: its keys are the whole axis
             return tf.expand_dims(x, 2)
         halo, block, blocks, keys = geometry['halo'], geometry['block'], geometry['blocks'], geometry['keys']
         x = tf.pad(x, [[0, 0], [0, 0], [halo, blocks * block - length + halo], [0, 0]])
