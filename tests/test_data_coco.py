@@ -325,3 +325,13 @@ def test_conversion_is_byte_reproducible_across_processes(coco_root, tmp_path):
         with open(out / 'train-00000-of-00001.tfrecord', 'rb') as f:
             digests.append(hashlib.sha256(f.read()).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_a_full_disk_is_one_error_line_naming_the_shard(coco_root, full_filesystem, capsys):
+    root, _ = coco_root
+    out = full_filesystem / 'tfrecord'
+    assert build_coco_data.run_reporting_errors(
+        lambda: build_coco_data.convert_split(root, str(out), 'train', num_shards=1)) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(rf'error: {out}/\.train-00000-of-00001\.tfrecord\.tmp-\S+: No space left on device', err[-1]), err
+    assert os.listdir(out) == []

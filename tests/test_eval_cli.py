@@ -273,3 +273,11 @@ def test_the_results_file_takes_the_umask_mode_and_a_write_fault_is_one_line(pan
     blocked.write_text('')
     code, _, stderr = _run(_argv(panoptic_set, str(blocked / 'metrics.json'), 'pq'))
     assert code == 1 and stderr.splitlines()[-1] == f'error: {blocked}: File exists'  # not a folder
+
+
+def test_a_full_disk_is_one_error_line_naming_the_file(panoptic_set, full_filesystem):
+    out = full_filesystem / 'metrics.json'
+    code, _, stderr = _run(_argv(panoptic_set, str(out), 'pq'))
+    assert code == 1 and 'Traceback' not in stderr
+    assert stderr.splitlines()[-1] == f'error: {out}: No space left on device'
+    assert os.listdir(full_filesystem) == ['filler']

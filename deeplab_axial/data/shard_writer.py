@@ -4,15 +4,12 @@ Shard i of split s is `{s}-{i:05d}-of-{n:05d}.tfrecord` (deeplab2's names). Each
 temporary name, `.{shard}.tmp-{host}-{pid}`, and renamed when complete, so an interrupted run leaves only finished
 shards under final names, and no data pattern (`train*`, `train-*.tfrecord`) matches a temporary file. A rerun skips
 the finished shards and removes the temporary files of its split that it owns: those written on this host by a
-process that no longer runs (a run killed on another host leaves its temporary files to a run there). Examples are
-serialized deterministically, so a converted dataset can be checked by checksum. Works on local paths and on any
-filesystem tf.io.gfile knows (gs://...).
+process that no longer runs (see deeplab_axial/temp_files.py). Examples are serialized deterministically, so a
+converted dataset can be checked by checksum. Works on local paths and on any filesystem tf.io.gfile knows (gs://...).
 """
 
 import concurrent.futures
 import os
-import re
-import socket
 import threading
 import time
 from typing import Callable, List, Sequence, TypeVar
@@ -20,50 +17,17 @@ from typing import Callable, List, Sequence, TypeVar
 from absl import logging
 import tensorflow as tf
 
+from deeplab_axial import temp_files
+
 T = TypeVar('T')
-_HOST = socket.gethostname()
-_TEMP_NAME = re.compile(r'^\.(?P<shard>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)$')
 
 
 def shard_path(output_dir: str, split: str, shard: int, num_shards: int) -> str:
     return os.path.join(output_dir, f'{split}-{shard:05d}-of-{num_shards:05d}.tfrecord')
 
 
-def temp_path(path: str) -> str:
-    """The hidden name a shard is written under by this process (see the module docstring)."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f'.{name}.tmp-{_HOST}-{os.getpid()}')
-
-
-def _process_runs(pid: int) -> bool:
-    """Whether a process `pid` runs on this host (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def remove_stale_temps(output_dir: str, split: str) -> List[str]:
-    """Removes the temporary shards of `split` left in `output_dir` by runs on this host that no longer run.
-
-    Returns:
-      The removed paths.
-    """
-    removed = []
-    for path in tf.io.gfile.glob(os.path.join(output_dir, f'.{split}-*-of-*.tfrecord.tmp-*')):
-        match = _TEMP_NAME.match(os.path.basename(path))
-        if not match or match['host'] != _HOST:
-            continue
-        pid = int(match['pid'])
-        if pid != os.getpid() and not _process_runs(pid):
-            tf.io.gfile.remove(path)
-            removed.append(path)
-    if removed:
-        logging.info('Removed %d temporary shards of runs that were stopped: %s', len(removed), removed)
-    return removed
+def _temp_prefix(output_dir: str, shard_name: str) -> str:
+    return os.path.join(output_dir, f'.{shard_name}.tmp-')
 
 
 def _check_no_other_sharding(output_dir: str, split: str, num_shards: int) -> None:
@@ -94,7 +58,7 @@ def write_sharded_tfrecords(items: Sequence[T], make_example: Callable[[T], 'tf.
     num_shards = max(1, min(num_shards, len(items)))
     tf.io.gfile.makedirs(output_dir)
     _check_no_other_sharding(output_dir, split, num_shards)
-    remove_stale_temps(output_dir, split)
+    temp_files.remove_stale(_temp_prefix(output_dir, f'{split}-*-of-*.tfrecord'))
     per_shard = -(-len(items) // num_shards)
     paths = [shard_path(output_dir, split, i, num_shards) for i in range(num_shards)]
     todo = [i for i, p in enumerate(paths) if not tf.io.gfile.exists(p)]
@@ -106,7 +70,7 @@ def write_sharded_tfrecords(items: Sequence[T], make_example: Callable[[T], 'tf.
 
     def write_shard(i: int) -> None:
         chunk = items[i * per_shard:(i + 1) * per_shard]
-        tmp = temp_path(paths[i])  # one thread writes a given shard
+        tmp = temp_files.temp_name(_temp_prefix(output_dir, os.path.basename(paths[i])))  # one thread per shard
         try:
             with tf.io.TFRecordWriter(tmp) as writer:
                 for item in chunk:
