@@ -207,8 +207,8 @@ def test_truncated_jpeg_is_caught_naming_the_file(coco_root, tmp_path):
 @pytest.mark.parametrize('damage, message', [
     (lambda path: _cut(path, 60), r'not a readable PNG: .*'),
     (lambda path: _cut(path, 8), r'not a readable PNG: cannot identify image file'),
-    (lambda path: Image.new('I;16', (16, 12)).save(path), r"a panoptic PNG must be 8-bit RGB .*; this is a PNG of mode 'I;16'"),
-    (lambda path: Image.new('RGB', (16, 12)).convert('P').save(path), r"a panoptic PNG must be 8-bit RGB .*; this is a PNG of mode 'P'"),
+    (lambda path: Image.new('I;16', (16, 12)).save(path), r"must be 8-bit RGB .*; this is a PNG of mode 'I;16'"),
+    (lambda path: Image.new('RGB', (16, 12)).convert('P').save(path), r"8-bit RGB .*; this is a PNG of mode 'P'"),
 ])
 def test_a_damaged_annotation_png_is_named(coco_root, tmp_path, damage, message):
     root, _ = coco_root
@@ -333,5 +333,6 @@ def test_a_full_disk_is_one_error_line_naming_the_shard(coco_root, full_filesyst
     assert build_coco_data.run_reporting_errors(
         lambda: build_coco_data.convert_split(root, str(out), 'train', num_shards=1)) == 2
     err = capsys.readouterr().err.splitlines()
-    assert re.fullmatch(rf'error: {out}/\.train-00000-of-00001\.tfrecord\.tmp-\S+: No space left on device', err[-1]), err
+    assert re.fullmatch(rf'error: {out}/\.train-00000-of-00001\.tfrecord\.tmp-\S+: No space left on device',
+                        err[-1]), err
     assert os.listdir(out) == []

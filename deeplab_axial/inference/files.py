@@ -12,7 +12,7 @@ from evaluation.coco_panoptic_format import write_atomically
 
 
 def list_inputs(path_or_glob: str) -> List[str]:
-    """The entries named by a file path, a folder (its entries, not recursive) or a glob pattern ("**" recurses), sorted.
+    """The entries named by a file path, a folder (its entries, not recursive) or a glob ("**" recurses), sorted.
 
     Every non-hidden entry of a folder is returned, whatever its extension, and so is every folder a pattern matches
     (except with "**", whose matches include the folders it recurses through): the caller reports what it cannot read
