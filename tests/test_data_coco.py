@@ -207,8 +207,10 @@ def test_truncated_jpeg_is_caught_naming_the_file(coco_root, tmp_path):
 @pytest.mark.parametrize('damage, message', [
     (lambda path: _cut(path, 60), r'not a readable PNG: .*'),
     (lambda path: _cut(path, 8), r'not a readable PNG: cannot identify image file'),
-    (lambda path: Image.new('I;16', (16, 12)).save(path), r"must be 8-bit RGB .*; this is a PNG of mode 'I;16'"),
-    (lambda path: Image.new('RGB', (16, 12)).convert('P').save(path), r"8-bit RGB .*; this is a PNG of mode 'P'"),
+    (lambda path: Image.new('I;16', (16, 12)).save(path),
+     r"a panoptic PNG must be 8-bit RGB .*; this is a PNG of mode 'I;16'"),
+    (lambda path: Image.new('RGB', (16, 12)).convert('P').save(path),
+     r"a panoptic PNG must be 8-bit RGB .*; this is a PNG of mode 'P'"),
 ])
 def test_a_damaged_annotation_png_is_named(coco_root, tmp_path, damage, message):
     root, _ = coco_root
