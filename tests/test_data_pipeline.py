@@ -292,3 +292,21 @@ def test_a_record_that_does_not_decode_is_named_by_file_and_index(tmp_path, is_t
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match=f'Cannot decode record {index} .counted from 0. of {tmp_path / name}; '):
             list(input_pipeline.build_dataset(options))
+
+
+def test_a_checkpointed_iterator_resumes_with_the_same_samples(tmp_path):
+    """The trainer checkpoints its input iterator; the per-record decode check must not make that impossible."""
+    _write_records(str(tmp_path), 2)
+    options = input_pipeline.DataOptions(dataset=_DESCRIPTOR, file_pattern=str(tmp_path / 'train-*'), batch_size=1,
+                                         crop_size=(17, 17), min_scale_factor=0.5, max_scale_factor=2.0, seed=3,
+                                         deterministic=True)
+    iterator = iter(input_pipeline.build_dataset(options))
+    next(iterator)
+    saved = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'ckpt' / 'iterator'))
+    expected = [next(iterator) for _ in range(3)]
+    restored = iter(input_pipeline.build_dataset(options))
+    tf.train.Checkpoint(iterator=restored).read(saved).assert_consumed()
+    for want in expected:
+        got = next(restored)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])

@@ -339,6 +339,9 @@ def build_dataset(options: DataOptions,
         ds = ds.batch(batch_size, drop_remainder=drop)
     tf_options = tf.data.Options()
     tf_options.deterministic = options.deterministic
+    # tf.data calls decode_or_flag's one-element dataset stateful, but it keeps no state from one record to the next:
+    # a checkpointed iterator need not (and without this, could not) save it.
+    tf_options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     return ds.with_options(tf_options).prefetch(tf.data.AUTOTUNE)
 
 
