@@ -338,3 +338,20 @@ def test_a_full_disk_is_one_error_line_naming_the_shard(coco_root, full_filesyst
     assert re.fullmatch(rf'error: {out}/\.train-00000-of-00001\.tfrecord\.tmp-\S+: No space left on device',
                         err[-1]), err
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize('edit', [
+    lambda d: d['annotations'][1]['segments_info'].insert(0, 'wall'),
+    lambda d: d['annotations'][1]['segments_info'][0].update(id='3000001'),
+    lambda d: d['annotations'][1].update(segments_info={'id': 1}),
+    lambda d: d['annotations'][1].pop('file_name'),
+])
+def test_annotation_entries_of_the_wrong_type_name_the_json(coco_root, tmp_path, edit):
+    root, _ = coco_root
+    _break_json(root, 'train', edit)
+    with pytest.raises(ValueError, match=r'panoptic_train2017\.json: an annotation is not an object with "image_id", '
+                                         r'a string "file_name" and a "segments_info" list of objects with integer'):
+        build_coco_data.convert_split(root, str(tmp_path / 'out'), 'train', num_shards=1)
+    _break_json(root, 'val', lambda d: d['images'][0].pop('id'))
+    with pytest.raises(ValueError, match=r'panoptic_val2017\.json: an "images" entry is not an object with "id"'):
+        build_coco_data.convert_split(root, str(tmp_path / 'out'), 'val', num_shards=1)

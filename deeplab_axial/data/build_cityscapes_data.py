@@ -42,6 +42,7 @@ def convert_split(cityscapes_root: str, output_dir: str, split: str, num_shards:
     data = build_coco_data.load_json(json_path)
     if 'annotations' not in data:
         raise ValueError(f'{json_path}: missing top-level key "annotations"')
+    build_coco_data.check_annotations(data['annotations'], json_path)
     png_dir = os.path.join(cityscapes_root, 'gtFine', f'cityscapes_panoptic_{split}_trainId')
     id_mapping = {c: c for c in range(descriptor.num_classes)}
     thing_ids = set(descriptor.thing_classes)

@@ -56,6 +56,28 @@ def load_json(path: str) -> dict:
             raise ValueError(f'{path} is not valid JSON: {e}') from e
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_segment(segment) -> bool:
+    return (isinstance(segment, dict) and _is_int(segment.get('id')) and _is_int(segment.get('category_id'))
+            and isinstance(segment.get('iscrowd', 0), int))
+
+
+def check_annotations(annotations, json_path: str) -> None:
+    """Raises ValueError naming the JSON and the entry unless `annotations` is a list of objects with image_id, a
+    string file_name and a segments_info list of objects with integer id and category_id (optional iscrowd)."""
+    if not isinstance(annotations, list):
+        raise ValueError(f'{json_path}: "annotations" is not a list')
+    for ann in annotations:
+        if not (isinstance(ann, dict) and 'image_id' in ann and isinstance(ann.get('file_name'), str)
+                and isinstance(ann.get('segments_info'), list) and all(map(_is_segment, ann['segments_info']))):
+            raise ValueError(f'{json_path}: an annotation is not an object with "image_id", a string "file_name" and '
+                             'a "segments_info" list of objects with integer "id" and "category_id": '
+                             f'{str(ann)[:200]}')
+
+
 def panoptic_label_from_png(png_path: str, segments_info: Sequence[dict], id_mapping: Dict[int, int],
                             thing_ids: set, label_divisor: int, ignore_label: int) -> np.ndarray:
     """Reads one panoptic PNG (id = R + 256G + 65536B) and returns the [H, W] int32 panoptic label.
@@ -129,6 +151,13 @@ def convert_split(coco_root: str, output_dir: str, split: str, num_shards: int =
             raise ValueError(f'{json_path}: category ids {sorted(id_mapping)} differ from dataset '
                              f'{dataset_name!r} ids {list(expected)}')
     thing_ids = {c['id'] for c in data['categories'] if c.get('isthing')}
+    if not isinstance(data['images'], list):
+        raise ValueError(f'{json_path}: "images" is not a list')
+    for image in data['images']:
+        if not (isinstance(image, dict) and 'id' in image and isinstance(image.get('file_name'), str)):
+            raise ValueError(f'{json_path}: an "images" entry is not an object with "id" and a string "file_name": '
+                             f'{str(image)[:200]}')
+    check_annotations(data['annotations'], json_path)
     images = {im['id']: im for im in data['images']}
     png_dir = os.path.join(coco_root, 'annotations', f'panoptic_{split}2017')
     image_dir = os.path.join(coco_root, f'{split}2017')
