@@ -17,9 +17,9 @@ pyspng in an evaluation worker. Files that check does not accept go to the decod
 import io
 import json
 import os
+import secrets
 import struct
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -34,12 +34,14 @@ try:
 except ImportError:
     zlib_ng = None
 
+from deeplab_axial import io_errors
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.data.panoptic_ids import MAX_PACKED_ID, id_to_rgb
 
 # Segment id 0 is void in both COCO and Cityscapes panoptic PNGs.
 VOID_ID = 0
 MAX_SEGMENT_ID = MAX_PACKED_ID
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def read_panoptic_png(path: str, image_name: str = '') -> np.ndarray:
@@ -53,6 +55,9 @@ def read_panoptic_png(path: str, image_name: str = '') -> np.ndarray:
         raise ValueError(f'Image {label}: PNG file {path} does not exist')
     with open(path, 'rb') as f:
         data = f.read()
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b'IHDR' and data[25:26] == b'\x02' and data[24] != 8:
+        raise ValueError(f'Image {label}: PNG {path} has {data[24]} bits per channel; a panoptic PNG must be 8-bit '
+                         'RGB (id = R + 256 * G + 65536 * B)')
     stored = None
     if _is_rgb8_png(data):
         if zlib_ng is not None:
@@ -72,7 +77,7 @@ def read_panoptic_png(path: str, image_name: str = '') -> np.ndarray:
 
 def _is_rgb8_png(data: bytes) -> bool:
     """Whether the IHDR chunk (always first) declares 8-bit truecolor without alpha, i.e. Pillow's mode 'RGB'."""
-    return data[:8] == b'\x89PNG\r\n\x1a\n' and data[12:16] == b'IHDR' and data[24:26] == b'\x08\x02'
+    return data[:8] == _PNG_SIGNATURE and data[12:16] == b'IHDR' and data[24:26] == b'\x08\x02'
 
 
 _IEND_CHUNK = b'\x00\x00\x00\x00IEND\xaeB`\x82'
@@ -153,19 +158,35 @@ def _read_panoptic_png_pillow(source: Union[str, io.BytesIO], path: str, label: 
 def write_atomically(path: str, write_fn) -> None:
     """Calls `write_fn(f)` on a binary temporary file beside `path`, then renames it to `path`.
 
-    A reader never sees a partial file under the final name; on failure the temporary file is removed.
+    A reader never sees a partial file under the final name; on failure the temporary file is removed. The file gets
+    the mode the user's umask gives a new file (as `open` would), so teammates read it where the umask lets them. An
+    OSError (a full disk, a missing permission) names `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = _create_hidden_temp(directory, os.path.basename(path))
         with os.fdopen(fd, 'wb') as f:
             write_fn(f)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise io_errors.with_path(e, path) from e
         raise
+
+
+def _create_hidden_temp(directory: str, name: str) -> Tuple[int, str]:
+    """Opens a new file `.{name}.{random}.tmp` in `directory` for writing, mode 0o666 less the umask (mkstemp would
+    make it 0o600, and the mode survives the rename)."""
+    while True:
+        tmp = os.path.join(directory, f'.{name}.{secrets.token_hex(4)}.tmp')
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def write_json_atomic(path: str, data) -> None:
@@ -287,20 +308,19 @@ def load_panoptic_json(path: str, role: str) -> dict:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f'The {role} JSON {path} is not valid JSON: {e}') from None
-    if 'annotations' not in data:
+    if not isinstance(data, dict) or not isinstance(data.get('annotations'), list):
         raise ValueError(f'The {role} JSON {path} has no "annotations" list')
+    if 'categories' in data:
+        _check_categories(data['categories'], path, role)
     by_image: Dict = {}
     for ann in data['annotations']:
-        for key in ('image_id', 'file_name', 'segments_info'):
-            if key not in ann:
-                raise ValueError(f'The {role} JSON {path}: an annotation has no {key!r}: {str(ann)[:200]}')
+        _check_annotation(ann, path, role)
         image_id = ann['image_id']
         if image_id in by_image:
             raise ValueError(f'The {role} JSON {path}: image id {image_id!r} appears twice')
         seen = set()
         for segment in ann['segments_info']:
-            if 'id' not in segment or 'category_id' not in segment:
-                raise ValueError(f'Image {image_id!r} ({role}): a segment lacks "id" or "category_id": {segment}')
+            _check_segment(segment, image_id, role)
             if segment['id'] == VOID_ID:
                 raise ValueError(f'Image {image_id!r} ({role}): segment id 0 is reserved for void')
             if segment['id'] in seen:
@@ -309,3 +329,49 @@ def load_panoptic_json(path: str, role: str) -> dict:
         by_image[image_id] = ann
     data['annotations_by_image'] = by_image
     return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_categories(categories, path: str, role: str) -> None:
+    if not isinstance(categories, list) or not all(isinstance(c, dict) and _is_int(c.get('id')) for c in categories):
+        raise ValueError(f'The {role} JSON {path}: "categories" must be a list of objects with an integer "id"')
+
+
+def _check_annotation(ann, path: str, role: str) -> None:
+    """An annotation is an object with an integer or string image_id, a string file_name and a segments_info list."""
+    if not isinstance(ann, dict):
+        raise ValueError(f'The {role} JSON {path}: an annotation is not an object: {str(ann)[:200]}')
+    for key in ('image_id', 'file_name', 'segments_info'):
+        if key not in ann:
+            raise ValueError(f'The {role} JSON {path}: an annotation has no {key!r}: {str(ann)[:200]}')
+    if not (_is_int(ann['image_id']) or isinstance(ann['image_id'], str)):
+        raise ValueError(f'The {role} JSON {path}: image_id {ann["image_id"]!r} is not an integer or a string')
+    if not isinstance(ann['file_name'], str):
+        raise ValueError(f'Image {ann["image_id"]!r} ({role}): file_name {ann["file_name"]!r} is not a string')
+    if not isinstance(ann['segments_info'], list):
+        raise ValueError(f'Image {ann["image_id"]!r} ({role}): segments_info is not a list: '
+                         f'{str(ann["segments_info"])[:200]}')
+
+
+# Segment keys the metrics read, and the types they must have.
+_SEGMENT_FIELDS = (('id', _is_int, 'an integer'), ('category_id', _is_int, 'an integer'),
+                   ('iscrowd', lambda v: isinstance(v, (int, bool)), '0 or 1'), ('area', _is_number, 'a number'),
+                   ('score', _is_number, 'a number'))
+
+
+def _check_segment(segment, image_id, role: str) -> None:
+    if not isinstance(segment, dict):
+        raise ValueError(f'Image {image_id!r} ({role}): a segments_info entry is not an object: {str(segment)[:200]}')
+    if 'id' not in segment or 'category_id' not in segment:
+        raise ValueError(f'Image {image_id!r} ({role}): a segment lacks "id" or "category_id": {segment}')
+    for key, is_valid, expected in _SEGMENT_FIELDS:
+        if key in segment and not is_valid(segment[key]):
+            raise ValueError(f'Image {image_id!r} ({role}): segment {segment.get("id")!r} has {key} '
+                             f'{segment[key]!r}; expected {expected}')

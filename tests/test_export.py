@@ -8,6 +8,7 @@ next to the global step and optimizer), exported, and compared with the evaluato
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -114,9 +115,19 @@ def panoptic(workdir, data, eval_samples):
             'post_processor': builder.build_post_processor(config, descriptor), 'descriptor': descriptor}
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, '-c', ''])
+    process.wait()
+    return process.pid
+
+
 @pytest.fixture(scope='module')
 def panoptic_export(workdir, panoptic):
     output = str(workdir / 'panoptic_export')
+    # Temporary folders of an export to the same path: one killed (removed by the export), one still running (kept).
+    for pid in (_dead_pid(), os.getppid()):
+        os.makedirs(workdir / f'.panoptic_export.export-{socket.gethostname()}-{pid}' / 'saved_model')
     export_model.export(panoptic['config'], panoptic['checkpoint'], output)
     return output
 
@@ -165,7 +176,8 @@ def test_export_writes_signatures_and_asset(panoptic_export, loaded_export, pano
     assert meta['task'] == 'panoptic' and meta['model'] == 'axial_deeplab_tiny'
     assert meta['dataset']['name'] == 'synthetic_panoptic' and meta['dataset']['panoptic_label_divisor'] == 256
     assert saved_model_runner.read_export_metadata(panoptic_export)['dataset'] == panoptic['descriptor']
-    assert not [name for name in os.listdir(os.path.dirname(panoptic_export)) if name.startswith('.export-')]
+    left = [name for name in os.listdir(os.path.dirname(panoptic_export)) if name.startswith('.')]
+    assert left == [f'.panoptic_export.export-{socket.gethostname()}-{os.getppid()}']  # the killed one's went
     # XLA-free by default: no function of the graph asks for compilation.
     saved = saved_model_pb2.SavedModel.FromString(open(os.path.join(panoptic_export, 'saved_model.pb'), 'rb').read())
     functions = saved.meta_graphs[0].graph_def.library.function
@@ -255,6 +267,16 @@ def test_export_refuses_a_non_empty_output_and_bad_checkpoints(panoptic, tmp_pat
     with pytest.raises(model_loader.CheckpointError, match='does not hold this model'):
         export_model.export(panoptic['config'], other, str(tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_full_disk_is_one_error_naming_the_path(panoptic, small_filesystem):
+    """The SavedModel does not fit the 64 KiB disk: TensorFlow's error for it becomes one line naming the file."""
+    output = small_filesystem / 'export'
+    with pytest.raises(export_model.ExportError,
+                       match=rf'^Cannot write the SavedModel {output}: {small_filesystem}/\.export\.export-\S+/'
+                             r'saved_model/\S+: No space left on device$'):
+        export_model.export(panoptic['config'], panoptic['checkpoint'], str(output))
+    assert os.listdir(small_filesystem) == []
 
 
 def test_restored_weights_are_the_checkpoint_weights(panoptic, eval_samples):

@@ -8,15 +8,16 @@ The model is built from the config at the eval crop size, its weights restored f
 directory for its newest checkpoint), and the SavedModel serves `serving_default(image: uint8 [H, W, 3])` and
 `serve_batch(images: uint8 [B, H, W, 3])` for any H, W (deeplab_axial/inference/export_module.py) with the asset
 `assets/deeplab_axial.json` = {"task", "model", "dataset"}. Load it with `tf.saved_model.load` or run it with
-`python -m deeplab_axial.predict --saved_model`. The export is written to a temporary folder next to
---output_path and renamed when complete.
+`python -m deeplab_axial.predict --saved_model`. The export is written to a hidden temporary folder next to
+--output_path (`.{name}.export-{host}-{pid}`) and renamed when complete; an export to the same path removes such
+folders of killed exports. A full disk or a missing permission is one error line naming the path.
 """
 
 import dataclasses
 import json
 import os
+import shutil
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -26,6 +27,8 @@ from absl import logging
 
 from deeplab_axial import common
 from deeplab_axial import config_utils
+from deeplab_axial import io_errors
+from deeplab_axial import temp_files
 from deeplab_axial.inference import export_module
 from deeplab_axial.inference import model_loader
 from deeplab_axial.inference import saved_model_runner
@@ -43,6 +46,36 @@ def _check_output_path(output_path: str, overwrite: bool) -> None:
         raise ExportError(f'--output_path {output_path!r} is not empty; pass --overwrite to replace it')
 
 
+def _write_saved_model(module: tf.Module, loaded: model_loader.InferenceModel, output_path: str) -> None:
+    """Saves `module` in a hidden folder beside `output_path` (.{name}.export-{host}-{pid}, see temp_files) and renames
+    it to `output_path`; first removes such folders of exports to the same path that were killed."""
+    parent, name = os.path.split(output_path)
+    os.makedirs(parent, exist_ok=True)
+    prefix = os.path.join(parent, f'.{name}.export-')
+    temp_files.remove_stale(prefix)
+    work = temp_files.temp_name(prefix)
+    try:
+        asset_dir = os.path.join(work, 'asset')
+        os.makedirs(asset_dir)
+        asset_path = os.path.join(asset_dir, saved_model_runner.ASSET_FILE)
+        try:
+            with open(asset_path, 'w') as f:
+                json.dump({'task': loaded.task, 'model': loaded.model_name,
+                           'dataset': dataclasses.asdict(loaded.descriptor)}, f, indent=2)
+        except OSError as e:  # a failed write names no file
+            raise io_errors.with_path(e, asset_path) from None
+        module.metadata = tf.saved_model.Asset(asset_path)
+        staged = os.path.join(work, 'saved_model')
+        signatures = {saved_model_runner.SINGLE_SIGNATURE: module.serving_default.get_concrete_function(),
+                      saved_model_runner.BATCH_SIGNATURE: module.serve_batch.get_concrete_function()}
+        tf.saved_model.save(module, staged, signatures=signatures)
+        if os.path.isdir(output_path):  # Replaced (allowed by the caller): move it aside, deleted with `work`.
+            os.replace(output_path, os.path.join(work, 'replaced'))
+        os.replace(staged, output_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def export(config: config_pb2.ExperimentOptions, checkpoint_path: str, output_path: str, *,
            overwrite: bool = False, jit_compile: bool = False) -> str:
     """Writes the SavedModel of the config's model restored from `checkpoint_path`.
@@ -58,8 +91,8 @@ def export(config: config_pb2.ExperimentOptions, checkpoint_path: str, output_pa
       The checkpoint prefix that was exported.
 
     Raises:
-      ExportError naming the output path; config_utils.ConfigError, builder.ModelConfigError or
-      model_loader.CheckpointError naming the bad field or checkpoint.
+      ExportError naming the output path (also for a full disk or a missing permission); config_utils.ConfigError,
+      builder.ModelConfigError or model_loader.CheckpointError naming the bad field or checkpoint.
     """
     output_path = os.path.abspath(output_path)
     _check_output_path(output_path, overwrite)
@@ -71,23 +104,13 @@ def export(config: config_pb2.ExperimentOptions, checkpoint_path: str, output_pa
     else:
         module = export_module.ClassificationExportModule(loaded.model, loaded.input_size, jit_compile=jit_compile,
                                                           scales=loaded.scales, flip=loaded.flip)
-    parent = os.path.dirname(output_path)
-    os.makedirs(parent, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix='.export-') as work:
-        asset_dir = os.path.join(work, 'asset')
-        os.makedirs(asset_dir)
-        asset_path = os.path.join(asset_dir, saved_model_runner.ASSET_FILE)
-        with open(asset_path, 'w') as f:
-            json.dump({'task': loaded.task, 'model': loaded.model_name,
-                       'dataset': dataclasses.asdict(loaded.descriptor)}, f, indent=2)
-        module.metadata = tf.saved_model.Asset(asset_path)
-        staged = os.path.join(work, 'saved_model')
-        signatures = {saved_model_runner.SINGLE_SIGNATURE: module.serving_default.get_concrete_function(),
-                      saved_model_runner.BATCH_SIGNATURE: module.serve_batch.get_concrete_function()}
-        tf.saved_model.save(module, staged, signatures=signatures)
-        if os.path.isdir(output_path):  # Replaced (allowed above): move it aside, deleted with `work`.
-            os.replace(output_path, os.path.join(work, 'replaced'))
-        os.replace(staged, output_path)
+    try:
+        _write_saved_model(module, loaded, output_path)
+    except (OSError, tf.errors.OpError) as e:
+        message = io_errors.user_io_message(e)
+        if message is None:
+            raise
+        raise ExportError(f'Cannot write the SavedModel {output_path}: {message}') from None
     logging.info('Exported %s (%s) from %s to %s', loaded.model_name, loaded.task, loaded.checkpoint_path,
                  output_path)
     return loaded.checkpoint_path

@@ -15,6 +15,7 @@ from PIL import Image
 import tensorflow as tf
 
 from deeplab_axial import common
+from deeplab_axial import io_errors
 from deeplab_axial.data.panoptic_ids import id_to_rgb, rgb_to_id
 
 # Label format values of `common.KEY_LABEL_FORMAT`.
@@ -30,9 +31,37 @@ def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
 
 
 def decode_panoptic_png(data: bytes) -> np.ndarray:
-    """Inverse of `encode_panoptic_png`: PNG bytes -> [H, W] int32."""
-    with Image.open(io.BytesIO(data)) as im:
-        return rgb_to_id(np.asarray(im.convert('RGB')))
+    """Inverse of `encode_panoptic_png`: PNG bytes -> [H, W] int32, every pixel decoded.
+
+    Raises:
+      ValueError: the bytes are not a complete 8-bit RGB PNG (the caller names the file).
+    """
+    if data[12:16] == b'IHDR' and data[25:26] == b'\x02' and data[24] != 8:  # Pillow reads 16-bit RGB as 8-bit
+        raise ValueError(f'a panoptic PNG must be 8-bit RGB (id = R + 256 * G + 65536 * B); this one has {data[24]} '
+                         'bits per channel')
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != 'PNG' or im.mode != 'RGB':
+                raise ValueError(f'a panoptic PNG must be 8-bit RGB (id = R + 256 * G + 65536 * B); this is a '
+                                 f'{im.format} of mode {im.mode!r}')
+            return rgb_to_id(np.asarray(im))
+    except (OSError, SyntaxError) as e:  # Pillow's errors for a truncated or damaged file
+        raise ValueError(f'not a readable PNG: {e}') from None
+
+
+def check_image_decodes(data: bytes, height: int, width: int, name: str) -> None:
+    """Decodes `data` fully with the input pipeline's decoder and checks its size.
+
+    Raises:
+      ValueError naming `name`: the bytes do not decode (a truncated or corrupt file) or decode to another size.
+    """
+    try:
+        shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
+    except tf.errors.InvalidArgumentError as e:
+        raise ValueError(f'Cannot decode image {name}: {io_errors.op_error_text(e)}') from None
+    if tuple(shape[:2]) != (height, width):
+        raise ValueError(f'Image {name} decodes to {shape[0]}x{shape[1]} (height x width); its header says '
+                         f'{height}x{width}')
 
 
 def _bytes(value: bytes) -> tf.train.Feature:
@@ -84,7 +113,8 @@ def read_image_for_record(path: str) -> Tuple[bytes, str, int, int]:
 
     Raises:
       FileNotFoundError: naming `path` when it does not exist.
-      ValueError: naming `path` when it is not a readable image.
+      ValueError: naming `path` when it is not a readable image: every pixel is decoded, by the input pipeline's
+        decoder, so that a file the pipeline would fail on is caught here.
     """
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f'Missing image file: {path}')
@@ -93,10 +123,11 @@ def read_image_for_record(path: str) -> Tuple[bytes, str, int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, mode, (width, height) = (im.format or '').lower(), im.mode, im.size
-            if fmt in ('jpeg', 'png') and mode in ('RGB', 'L'):
-                return data, fmt, height, width
-            buf = io.BytesIO()
-            im.convert('RGB').save(buf, format='PNG')
-            return buf.getvalue(), 'png', height, width
+            if not (fmt in ('jpeg', 'png') and mode in ('RGB', 'L')):
+                buf = io.BytesIO()
+                im.convert('RGB').save(buf, format='PNG')
+                data, fmt = buf.getvalue(), 'png'
     except Exception as e:  # PIL raises several types for corrupt files.
         raise ValueError(f'Cannot read image {path}: {e}') from e
+    check_image_decodes(data, height, width, path)  # the header alone passed truncated files
+    return data, fmt, height, width

@@ -193,18 +193,23 @@ def _define_flags() -> None:
     flags.DEFINE_integer('seed', 0, 'Random seed; the same seed writes the same files.')
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str]) -> int:
     del argv
     f = flags.FLAGS
-    write_panoptic_dataset(f.output_dir, f.num_train, f.num_val, f.height, f.width, f.seed)
-    logging.info('Wrote synthetic COCO-layout panoptic dataset to %s', f.output_dir)
-    if f.tfrecord_dir:
-        from deeplab_axial.data import build_coco_data
-        for split in ('train', 'val'):
-            build_coco_data.convert_split(f.output_dir, f.tfrecord_dir, split, num_shards=4,
-                                          dataset_name='synthetic_panoptic')
-    if f.classification_dir:
-        write_classification_dataset(f.classification_dir, seed=f.seed)
+    from deeplab_axial.data import build_coco_data
+
+    def write() -> int:
+        write_panoptic_dataset(f.output_dir, f.num_train, f.num_val, f.height, f.width, f.seed)
+        logging.info('Wrote synthetic COCO-layout panoptic dataset to %s', f.output_dir)
+        if f.tfrecord_dir:
+            for split in ('train', 'val'):
+                build_coco_data.convert_split(f.output_dir, f.tfrecord_dir, split, num_shards=4,
+                                              dataset_name='synthetic_panoptic')
+        if f.classification_dir:
+            write_classification_dataset(f.classification_dir, seed=f.seed)
+        return 0
+
+    return build_coco_data.run_reporting_errors(write)  # a full disk: one error line naming the file
 
 
 if __name__ == '__main__':
