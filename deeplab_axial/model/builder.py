@@ -1,13 +1,15 @@
 """Builds models and post-processors from an `ExperimentOptions` config (deeplab2's `model/builder.py`).
 
 Mapping of config fields to registry overrides:
-- `backbone.name` is a registry name (`deeplab_axial.model.registry`). Width, stem width and output stride override
-  the variant only when the field is set in the config: deeplab2 always passed `backbone_width_multiplier` (default
-  1.0), which silently turned its Axial-DeepLab-S into L.
-- `deeplab2_layout` builds the encoder that deeplab2 checkpoints hold (`deeplab2_checkpoint.DEEPLAB2_LAYOUT`, with
-  the config's stem width, default 1).
+- `backbone.name` is a registry name (`deeplab_axial.model.registry`). For our Axial-DeepLab variants, width, stem
+  width, layer multiplier and output stride override the variant only when the field is set in the config: deeplab2
+  always passed `backbone_width_multiplier` (default 1.0), which silently turned its Axial-DeepLab-S into L. deeplab2's
+  own names (its encoder family: resnet50, swidernet, axial_swidernet, max_deeplab_*_backbone, ...) read those fields
+  and squeeze-and-excitation / switchable atrous convolution as deeplab2's builder does, defaults included.
+- `deeplab2_layout` builds an Axial-ResNet as deeplab2 checkpoints hold it (`deeplab2_checkpoint.DEEPLAB2_LAYOUT`,
+  with the config's stem width, default 1); deeplab2's encoder family always has deeplab2's layout.
 - `backbone_layer_multiplier` scales the blocks per stage, truncated as deeplab2 does (each stage needs one block);
-  `axial_span: 0` is global attention.
+  `axial_span: 0` is global attention. A convolutional encoder takes no attention field (`axial_span`, `num_heads`).
 - The decoder widths come from `decoder`, `panoptic_deeplab.low_level`, `panoptic_deeplab.instance` and the heads.
 - Batch norm follows `trainer_options.solver_options` (sync BN, momentum, epsilon).
 """
@@ -29,31 +31,52 @@ class ModelConfigError(ValueError):
     """A model field of the config cannot be built; the message names the field."""
 
 
-def _encoder_overrides(config: config_pb2.ExperimentOptions) -> dict:
+def _encoder_overrides(config: config_pb2.ExperimentOptions, entry: registry.ModelEntry) -> dict:
     backbone = config.model_options.backbone
     solver = config.trainer_options.solver_options
-    overrides = dict(num_heads=backbone.num_heads, drop_path_keep_prob=backbone.drop_path_keep_prob,
-                     drop_path_schedule=backbone.drop_path_schedule, use_sync_batchnorm=solver.use_sync_batchnorm,
-                     bn_momentum=solver.batchnorm_momentum, bn_epsilon=solver.batchnorm_epsilon)
-    if backbone.HasField('output_stride'):
+    name = backbone.name
+    # deeplab2's own names read every field as deeplab2's builder does (proto defaults included), so that its
+    # configs build its networks; our paper variants keep their widths unless a field is set.
+    family = entry.is_deeplab2_family
+    overrides = dict(drop_path_keep_prob=backbone.drop_path_keep_prob, drop_path_schedule=backbone.drop_path_schedule,
+                     use_sync_batchnorm=solver.use_sync_batchnorm, bn_momentum=solver.batchnorm_momentum,
+                     bn_epsilon=solver.batchnorm_epsilon)
+    if family or backbone.HasField('output_stride'):
         overrides['output_stride'] = backbone.output_stride
-    if backbone.HasField('backbone_width_multiplier'):
+    if family or backbone.HasField('backbone_width_multiplier'):
         overrides['width_multiplier'] = backbone.backbone_width_multiplier
-    if backbone.deeplab2_layout:
+    if backbone.deeplab2_layout and not family:
         overrides.update(deeplab2_checkpoint.DEEPLAB2_LAYOUT)
-    if backbone.HasField('stem_width_multiplier') or backbone.deeplab2_layout:
+    if family or backbone.HasField('stem_width_multiplier') or backbone.deeplab2_layout:
         overrides['stem_width_multiplier'] = backbone.stem_width_multiplier
-    if backbone.HasField('backbone_layer_multiplier'):
-        blocks = registry.MODELS[backbone.name]['encoder']['blocks_per_stage']
+    if family or backbone.HasField('backbone_layer_multiplier'):
+        blocks = entry.encoder_args['blocks_per_stage']
         # deeplab2 truncates (utils.scale_int_list), so a config builds the same depth in both.
         overrides['blocks_per_stage'] = [int(b * backbone.backbone_layer_multiplier) for b in blocks]
         if min(overrides['blocks_per_stage']) < 1:
             raise ModelConfigError(
                 f'model_options.backbone.backbone_layer_multiplier: {backbone.backbone_layer_multiplier:g} leaves a '
-                f'stage of {backbone.name} ({blocks} blocks) without blocks: {overrides["blocks_per_stage"]} (the '
+                f'stage of {name} ({blocks} blocks) without blocks: {overrides["blocks_per_stage"]} (the '
                 'counts are truncated, as in deeplab2)')
-    if backbone.HasField('axial_span'):
-        overrides['span'] = backbone.axial_span or None
+    if entry.has_attention():
+        overrides['num_heads'] = backbone.num_heads
+        if backbone.HasField('axial_span'):
+            overrides['span'] = backbone.axial_span or None
+    else:
+        for field in ('axial_span', 'num_heads'):
+            if backbone.HasField(field):
+                raise ModelConfigError(f'model_options.backbone.{field}: {name} is a convolutional encoder without '
+                                       'axial attention; leave the field unset')
+    if family:
+        overrides.update(use_squeeze_and_excite=backbone.use_squeeze_and_excite,
+                         use_sac_beyond_stride=backbone.use_sac_beyond_stride)
+    else:
+        for field, off in (('use_squeeze_and_excite', False), ('use_sac_beyond_stride', -1)):
+            if backbone.HasField(field) and getattr(backbone, field) not in (off, 0):
+                raise ModelConfigError(
+                    f'model_options.backbone.{field}: {name} ({entry.encoder_class.__name__}) has no '
+                    'squeeze-and-excitation or switchable atrous convolution; deeplab2\'s encoder family '
+                    f'(e.g. swidernet) has. Received: {getattr(backbone, field)}')
     return overrides
 
 
@@ -101,7 +124,8 @@ def build_model(config: config_pb2.ExperimentOptions, descriptor: DatasetDescrip
     if name not in registry.MODELS:
         raise ModelConfigError(f'model_options.backbone.name: unknown model {name!r}. Registered names: '
                                f'{", ".join(registry.model_names())}')
-    task = registry.model_task(name)
+    entry = registry.entry(name)
+    task = entry.task
     meta = options.WhichOneof('meta_architecture')
     expected_meta = 'panoptic_deeplab' if task == common.TASK_PANOPTIC else 'classification'
     if meta != expected_meta:
@@ -116,7 +140,7 @@ def build_model(config: config_pb2.ExperimentOptions, descriptor: DatasetDescrip
     if num_classes != descriptor.num_classes:
         raise ModelConfigError(f'{field} is {num_classes} but dataset {descriptor.name!r} has '
                                f'{descriptor.num_classes} classes')
-    overrides = _encoder_overrides(config)
+    overrides = _encoder_overrides(config, entry)
     if task == common.TASK_PANOPTIC:
         overrides['decoder_config'] = _decoder_config(config)
     else:
