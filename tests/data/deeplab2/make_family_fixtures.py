@@ -16,7 +16,7 @@ gradient fingerprints of every trainable variable.
 resnet50/, swidernet_sac/, axial_resnet50/: encoders alone, as ImageNet checkpoints: ResNet-50 at output stride 16
 (atrous bottlenecks); SWideRNet with squeeze-and-excitation and switchable atrous convolution from stride 4, written
 under Model Garden's `backbone/_encoder/` beside a classification `head` (deeplab2's trainer reads such files);
-the GeLU Axial-ResNet-50 (output stride 32) on a 9 x 1537 image, whose stride-16 axis of 97 lies between 66 and
+the GeLU Axial-ResNet-50 (output stride 32) on a 17 x 1537 image, whose stride-16 axis of 97 lies between 66 and
 129, where deeplab2's query_shape 129 means global attention. outputs.npz: images and endpoints in inference mode,
 and for the first two in training mode (train_<endpoint>).
 """
@@ -39,13 +39,13 @@ PANOPTIC_KEYS = ('semantic_logits', 'center_heatmap', 'offset_map')
 # name -> (deeplab2 encoder name, encoder arguments, block_group_config, image shape, training-mode endpoints too).
 ENCODERS = {
     'resnet50': ('resnet50', dict(width_multiplier=0.0625, stem_width_multiplier=0.125,
-                                  backbone_layer_multiplier=0.5, output_stride=16), {}, [2, 33, 49, 3], True),
+                                  backbone_layer_multiplier=0.5, output_stride=16), {}, PANOPTIC_IMAGE_SHAPE, True),
     'swidernet_sac': ('swidernet', dict(width_multiplier=0.03125, stem_width_multiplier=0.125,
                                         backbone_layer_multiplier=0.34, output_stride=16),
                       dict(use_squeeze_and_excite=True, use_sac_beyond_stride=4, drop_path_keep_prob=1.0),
-                      [2, 33, 49, 3], True),
+                      PANOPTIC_IMAGE_SHAPE, True),
     'axial_resnet50': ('axial_resnet50', dict(width_multiplier=0.03125, stem_width_multiplier=0.125,
-                                              backbone_layer_multiplier=0.5), {}, [1, 9, 1537, 3], False),
+                                              backbone_layer_multiplier=0.5), {}, [1, 17, 1537, 3], False),
 }
 
 
