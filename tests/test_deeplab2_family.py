@@ -85,6 +85,41 @@ def _fixture_config(name: str, initial_checkpoint: str = '') -> config_pb2.Exper
     return config
 
 
+def _built_without_values(make_model):
+    """make_model() built at 65x65 with every variable shaped but given no value (drawing the 43M-572M values of the
+    full-size models takes a minute)."""
+    pending = global_state.get_global_attribute('uninitialized_variables', [], set_to_default=True)
+    known = len(pending)
+    try:
+        # Keras would draw the values when the stateless scope closes unless told not to.
+        with keras.StatelessScope(initialize_variables=False):
+            model = make_model()
+            model.build((None, 65, 65, 3))
+    finally:
+        del pending[known:]  # So that no later stateless scope draws them.
+    return model
+
+
+def _count(variables) -> int:
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+# deeplab2's golden trainable counts of its encoders (model/encoder/axial_resnet_instances_test.py, no head), by
+# name and layer multiplier.
+_DEEPLAB2_ENCODER_COUNTS = [
+    ('resnet50', 1, 23508032), ('resnet50_beta', 1, 23631808), ('max_deeplab_s_backbone', 1, 41343424),
+    ('max_deeplab_l_backbone', 1, 175115392), ('swidernet', 1, 109014080), ('swidernet', 3, 333245504),
+    ('swidernet', 4.5, 487453760), ('axial_swidernet', 1, 136399392), ('axial_swidernet', 3, 393935520),
+    ('axial_swidernet', 4.5, 570346912)]
+
+
+@pytest.mark.parametrize('name, layers, expected', _DEEPLAB2_ENCODER_COUNTS)
+def test_encoders_have_deeplab2s_golden_parameter_counts(name, layers, expected):
+    blocks = [int(b * layers) for b in registry.entry(name).encoder_args['blocks_per_stage']]
+    model = _built_without_values(lambda: registry.build_model(name, blocks_per_stage=blocks))
+    assert _count(model.encoder.trainable_weights) == expected
+
+
 @pytest.mark.parametrize('stem', sorted(_DEEPLAB2_CONFIGS))
 def test_shipped_configs_hold_deeplab2s_field_values(stem):
     """Our five Cityscapes configs (our files, our comments) set exactly the fields deeplab2's set, to the same values:
@@ -95,22 +130,11 @@ def test_shipped_configs_hold_deeplab2s_field_values(stem):
 @pytest.mark.parametrize('stem', sorted(_DEEPLAB2_CONFIGS))
 def test_shipped_configs_build_deeplab2s_network(stem):
     """Whole Panoptic-DeepLab from each config, unchanged: trainable and non-trainable parameter counts equal those of
-    the model deeplab2 builds from its config, and every block's drop-path keep probability equals deeplab2's.
-    Built without giving the 43M-572M parameters values (drawing them takes a minute)."""
+    the model deeplab2 builds from its config, and every block's drop-path keep probability equals deeplab2's."""
     config = config_utils.load_config(os.path.join(_CONFIGS, f'{stem}.textproto'), allow_unfilled=True)
     expected = _DEEPLAB2_CONFIGS[stem]
-    pending = global_state.get_global_attribute('uninitialized_variables', [], set_to_default=True)
-    known = len(pending)
-    try:
-        # Variables created in a stateless scope get their shapes but no values; Keras would draw the values when
-        # the scope closes unless told not to.
-        with keras.StatelessScope(initialize_variables=False):
-            model = builder.build_model(config, config_utils.validate(config)['train'])
-            model.build((None, 65, 65, 3))
-    finally:
-        del pending[known:]  # So that no later stateless scope draws them.
-    count = lambda variables: sum(int(np.prod(v.shape)) for v in variables)  # noqa: E731
-    assert (count(model.trainable_weights), count(model.non_trainable_weights)) == \
+    model = _built_without_values(lambda: builder.build_model(config, config_utils.validate(config)['train']))
+    assert (_count(model.trainable_weights), _count(model.non_trainable_weights)) == \
         (expected['trainable'], expected['non_trainable'])
     ours = {}
     for block in model.encoder._flatten_layers(include_self=False, recursive=False):

@@ -34,13 +34,19 @@ class ModelConfigError(ValueError):
 def _encoder_overrides(config: config_pb2.ExperimentOptions, entry: registry.ModelEntry) -> dict:
     backbone = config.model_options.backbone
     solver = config.trainer_options.solver_options
-    name = backbone.name
-    # deeplab2's own names read every field as deeplab2's builder does (proto defaults included), so that its
-    # configs build its networks; our paper variants keep their widths unless a field is set.
-    family = entry.is_deeplab2_family
     overrides = dict(drop_path_keep_prob=backbone.drop_path_keep_prob, drop_path_schedule=backbone.drop_path_schedule,
                      use_sync_batchnorm=solver.use_sync_batchnorm, bn_momentum=solver.batchnorm_momentum,
                      bn_epsilon=solver.batchnorm_epsilon)
+    overrides.update(_size_overrides(backbone, entry))
+    overrides.update(_block_overrides(backbone, entry))
+    return overrides
+
+
+def _size_overrides(backbone, entry: registry.ModelEntry) -> dict:
+    """Output stride, widths and depth. deeplab2's own names read every field as deeplab2's builder does (proto
+    defaults included), so that its configs build its networks; our paper variants keep theirs unless a field is set."""
+    family = entry.is_deeplab2_family
+    overrides = {}
     if family or backbone.HasField('output_stride'):
         overrides['output_stride'] = backbone.output_stride
     if family or backbone.HasField('backbone_width_multiplier'):
@@ -56,8 +62,14 @@ def _encoder_overrides(config: config_pb2.ExperimentOptions, entry: registry.Mod
         if min(overrides['blocks_per_stage']) < 1:
             raise ModelConfigError(
                 f'model_options.backbone.backbone_layer_multiplier: {backbone.backbone_layer_multiplier:g} leaves a '
-                f'stage of {name} ({blocks} blocks) without blocks: {overrides["blocks_per_stage"]} (the '
+                f'stage of {backbone.name} ({blocks} blocks) without blocks: {overrides["blocks_per_stage"]} (the '
                 'counts are truncated, as in deeplab2)')
+    return overrides
+
+
+def _block_overrides(backbone, entry: registry.ModelEntry) -> dict:
+    """Attention, squeeze-and-excitation and switchable atrous convolution, each only to an encoder that has it."""
+    name, overrides = backbone.name, {}
     if entry.has_attention():
         overrides['num_heads'] = backbone.num_heads
         if backbone.HasField('axial_span'):
@@ -67,7 +79,7 @@ def _encoder_overrides(config: config_pb2.ExperimentOptions, entry: registry.Mod
             if backbone.HasField(field):
                 raise ModelConfigError(f'model_options.backbone.{field}: {name} is a convolutional encoder without '
                                        'axial attention; leave the field unset')
-    if family:
+    if entry.is_deeplab2_family:
         overrides.update(use_squeeze_and_excite=backbone.use_squeeze_and_excite,
                          use_sac_beyond_stride=backbone.use_sac_beyond_stride)
     else:

@@ -3,8 +3,8 @@
 Both take float32 images [batch, height, width, 3] in 0..255 and normalise them to x / 127.5 - 1 inside, and an
 encoder that keeps the contract of `encoder.base` (a layer, or its serialised config), so that any registered
 backbone plugs in. Axial-DeepLab = encoder (e.g. Axial-ResNet: Inception stem, output stride 16, span 65) +
-Panoptic-DeepLab decoder and heads; its outputs are resized to the input size (bilinear, align_corners) and the offsets rescaled by the resize
-ratio, all float32:
+Panoptic-DeepLab decoder and heads; its outputs are resized to the input size (bilinear, align_corners) and the
+offsets rescaled by the resize ratio, all float32:
   semantic_logits [B, H, W, num_classes], center_heatmap [B, H, W], offset_map [B, H, W, 2] (dy, dx in pixels).
 """
 

@@ -4,8 +4,8 @@ deeplab2 saves `tf.train.Checkpoint(**model.checkpoint_items)` from tf-keras lay
 attribute paths (`encoder/_stage2/_block1/_attention/_height_axis/qkv_kernel`) that a Keras 3 object graph does not
 reproduce. ImageNet checkpoints trained with the TF Model Garden hold the encoder under `backbone/_encoder/` instead
 of `encoder/`, which deeplab2's trainer also reads (`runner_utils.maybe_load_checkpoint`); so does this module
-(`find_encoder_scope`). A trainer checkpoint's optimizer slots (`.../.OPTIMIZER_SLOT/...`) are not model variables and are
-skipped. This module maps each variable of our checkpoint items to its deeplab2 key and value layout (the attention
+(`find_encoder_scope`). A trainer checkpoint's optimizer slots (`.../.OPTIMIZER_SLOT/...`) are not model variables
+and are skipped. This module maps each variable of our checkpoint items to its deeplab2 key and value layout (the attention
 batch norms keep deeplab2's broadcast shapes, [3, 1, heads, 1, 1] and [2, 1, heads, 1, depth], which hold our
 [3, heads] and [2, heads * depth] in the same order), checks every shape and that no deeplab2 variable of a read item
 is left over, and only then assigns.

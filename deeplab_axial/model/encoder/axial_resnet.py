@@ -2,8 +2,9 @@
 
 Stages res2..res5 hold `blocks_per_stage` AxialBlocks with attention width f = 64 * width_multiplier * 2^i (block
 output 4f); the first block of res3, res4 and res5 is strided (res5 not at output stride 16). Three stems, all at
-stride 2 and followed either by a 3x3/2 max-pool (`stem_pool`, as ResNet; the layer is `stem_max_pool`) or, without it, by a strided first res2
-block (deeplab2 moves the pool's stride there, so res2's first height axis runs at stride 2):
+stride 2 and followed either by a 3x3/2 max-pool (`stem_pool`, as ResNet; the layer is `stem_max_pool`) or,
+without it, by a strided first res2 block (deeplab2 moves the pool's stride there, so res2's first height axis runs at
+stride 2):
   'conv':      7x7/2 conv 64 + BN + ReLU (the ImageNet conv-stem models of Table 1).
   'inception': 3x3/2 conv 64 -> 3x3 conv 64 -> 3x3 conv 128, each + BN + ReLU (Panoptic-DeepLab; Axial-DeepLab).
   'axial':     three AxialBlocks of width 32, the first with stride 2 (the full, stand-alone Axial-ResNet; the

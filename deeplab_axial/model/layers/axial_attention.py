@@ -138,7 +138,8 @@ class AxialAttention(keras.layers.Layer):
 
     def __init__(self, total_key_depth: int = 512, total_value_depth: int = 1024, num_heads: int = 8,
                  span: Optional[int] = None, max_span: int = MAX_SPAN, block_size: int = 64,
-                 query_shape: Optional[int] = None, use_query_rpe_similarity: bool = True, use_key_rpe_similarity: bool = True,
+                 query_shape: Optional[int] = None, use_query_rpe_similarity: bool = True,
+                 use_key_rpe_similarity: bool = True,
                  use_content_similarity: bool = True, retrieve_value_rpe: bool = True,
                  retrieve_value_content: bool = True, initialization_std_for_query_key_rpe: float = 1.0,
                  initialization_std_for_value_rpe: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
@@ -423,8 +424,8 @@ class AxialAttention2D(keras.layers.Layer):
       num_heads: attention heads.
       span: None (global), an odd local span for both axes, or a (height, width) pair of those.
       strides: subsampling x[:, ::s] after the height axis and x[:, :, ::s] after the width axis (deeplab2).
-      **kwargs: the other `AxialAttention` arguments (max_span, block_size, query_shape, the term switches, init stds, bn
-        settings), then `keras.layers.Layer` arguments.
+      **kwargs: the other `AxialAttention` arguments (max_span, block_size, query_shape, the term switches, init
+        stds, bn settings), then `keras.layers.Layer` arguments.
     """
 
     _ATTENTION_ARGS = ('max_span', 'block_size', 'query_shape', 'use_query_rpe_similarity', 'use_key_rpe_similarity',

@@ -2,8 +2,8 @@
 
     3x3/2 conv c + BN + act (`conv1_bn_act`) -> 3x3 conv c + BN + act (`conv2_bn_act`) -> 3x3 conv d + BN (`conv3_bn`)
 
-with c = int(64 * width multiplier) and d = int(128 * width multiplier) (truncated, as deeplab2). The output is not activated: in deeplab2's order the
-first residual block activates it.
+with c = int(64 * width multiplier) and d = int(128 * width multiplier) (truncated, as deeplab2). The output is not
+activated: in deeplab2's order the first residual block activates it.
 """
 
 from typing import Sequence

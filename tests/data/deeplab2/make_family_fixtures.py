@@ -50,7 +50,6 @@ ENCODERS = {
 
 
 def _config_from_file(path: str, message):
-    from deeplab2 import config_pb2  # noqa: F401  (registers the schema)
     with open(path) as f:
         return text_format.Parse(f.read(), message)
 
@@ -70,8 +69,9 @@ def make_config_counts(path: str) -> None:
 
     result = {}
     for name in CITYSCAPES_CONFIGS:
-        config = _config_from_file(os.path.join(os.path.dirname(deeplab2.__file__), 'configs', 'cityscapes', 'axial_deeplab',
-                                                f'{name}.textproto'), config_pb2.ExperimentOptions())
+        path = os.path.join(os.path.dirname(deeplab2.__file__), 'configs', 'cityscapes', 'axial_deeplab',
+                            f'{name}.textproto')
+        config = _config_from_file(path, config_pb2.ExperimentOptions())
         model = deeplab.DeepLab(config, dataset.CITYSCAPES_PANOPTIC_INFORMATION)
         model(tf.keras.Input([65, 65, 3], batch_size=1), training=False)
         result[name] = dict(
