@@ -331,6 +331,10 @@ def test_shipped_configs_exist():
     expected |= {f'cityscapes/axial_deeplab/axial_deeplab_{v}_os16.textproto' for v in ('s', 'm', 'l', 'xl')}
     expected |= {f'coco/axial_deeplab/axial_deeplab_{v}_os16.textproto' for v in 'sml'}
     expected |= {'synthetic/axial_deeplab_tiny.textproto', 'synthetic/axial_resnet_tiny.textproto'}
+    # deeplab2's Cityscapes Axial-DeepLab configs (its released models; tests/test_deeplab2_family.py).
+    expected |= {f'cityscapes/axial_deeplab/{v}_os16.textproto' for v in (
+        'axial_swidernet_1_1_1', 'axial_swidernet_1_1_3', 'axial_swidernet_1_1_4.5', 'max_deeplab_s_backbone',
+        'max_deeplab_l_backbone')}
     assert expected <= names
 
 
@@ -345,8 +349,9 @@ def test_shipped_config_parses_and_validates(path):
 
 
 def test_shipped_panoptic_recipes_follow_the_paper():
+    # Our axial_deeplab_* recipes; deeplab2's configs beside them keep deeplab2's recipe (test_deeplab2_family.py).
     for path in _SHIPPED:
-        if '/axial_deeplab/' not in path:
+        if '/axial_deeplab/axial_deeplab_' not in path:
             continue
         config = config_utils.load_config(path, allow_unfilled=True)
         solver = config.trainer_options.solver_options

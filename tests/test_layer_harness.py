@@ -74,6 +74,19 @@ def _branch_features(rng):
                                                _FEATURES[common.RES2])],)
 
 
+def _fused_features(rng):
+    return ([_normal(shape, rng) for shape in _FUSED],)
+
+
+def _serialized_encoder(**kwargs) -> dict:
+    """An encoder as models take it in their config (keras-hub style), built fresh by each model; without a dtype
+    policy, so that it follows the policy in force when the model is built, as the model does."""
+    from deeplab_axial.model.encoder.axial_resnet import AxialResNet
+    serialized = keras.saving.serialize_keras_object(AxialResNet(name='encoder', **kwargs))
+    del serialized['config']['dtype']
+    return serialized
+
+
 _ATTENTION = dict(num_heads=2, block_size=4)
 _TINY_ENCODER = dict(stem='inception', width_multiplier=0.0625, stem_width_multiplier=0.125,
                      blocks_per_stage=[1, 1, 1, 1], output_stride=16, span=5, **_ATTENTION)
@@ -91,6 +104,17 @@ _BRANCH = (3 * _CONV_BN[0] + 2 * _SEPARABLE[0], 3 * _CONV_BN[1] + 2 * _SEPARABLE
 _DECODER = (2 * _BRANCH[0] + 3 * _SEPARABLE[0], 2 * _BRANCH[1] + 3 * _SEPARABLE[1])
 # Inception stem (16 channels) and 4 blocks; res2's block keeps its 16 channels at stride 1: no shortcut conv.
 _ENCODER = (2 * _CONV_BN[0] + 4 * _BLOCK[0], 2 * _CONV_BN[1] + 4 * _BLOCK[1])
+# ResizedFuse to 5x5x8 of a 3x3x16 feature (1x1 conv, resize), a 9x9x4 one (strided 1x1 conv) and a 5x5x8 one (as is).
+_FUSED = [(None, 3, 3, 16), (None, 9, 9, 4), (None, 5, 5, 8)]
+# Switchable atrous conv + BN with global contexts (1x1 conv with bias) before and after: kernel, switch kernel and
+# bias, two contexts, gamma, beta; a strided one has no switch.
+_SAC_CONV_BN = (_CONV_BN[0] + 2 + 2 * 2, _CONV_BN[1])
+_STRIDED_SAC_CONV_BN = (_CONV_BN[0] + 2 * 2, _CONV_BN[1])
+# deeplab2's ResNet-50-Beta with axial blocks from stride 16: Inception stem; res2 bottleneck (16 -> 16 channels, no
+# shortcut); res3 bottleneck with shortcut; res4 a strided bottleneck with shortcut and an axial block without; res5
+# an axial block with shortcut.
+_DEEPLAB2_ENCODER = tuple(3 * c + 3 * c + 4 * c + 4 * c + (2 * a + 2 * c) + (2 * a + 3 * c)
+                          for c, a in zip(_CONV_BN, _AXIS))
 
 LAYERS = {
     'AxialAttention': LayerCase(dict(total_key_depth=8, total_value_depth=8, span=5, **_ATTENTION), (None, 11, 6),
@@ -115,13 +139,33 @@ LAYERS = {
     'InstanceLastLayers': LayerCase({}, [(None, 5, 5, 3), (None, 5, 5, 4)], (4, 0), mixed_dtype='float32'),
     'AxialResNet': LayerCase(_TINY_ENCODER, (None, 17, 17, 3), _ENCODER, mixed_tolerance=0.05),
     'AxialDeepLab': LayerCase(
-        dict(num_classes=3, encoder_config=_TINY_ENCODER, decoder_config=_TINY_DECODER), (None, 17, 17, 3),
+        dict(num_classes=3, encoder=_serialized_encoder(**_TINY_ENCODER), decoder_config=_TINY_DECODER),
+        (None, 17, 17, 3),
         (_ENCODER[0] + _DECODER[0] + 2 + 4, _ENCODER[1] + _DECODER[1]), mixed_dtype='float32', inputs=_images,
         mixed_tolerance=0.05),
     'AxialResNetClassifier': LayerCase(
-        dict(num_classes=5, encoder_config=dict(_TINY_ENCODER, stem='conv', stem_pool=True), dropout_rate=0.2),
+        dict(num_classes=5, encoder=_serialized_encoder(**dict(_TINY_ENCODER, stem='conv', stem_pool=True)),
+             dropout_rate=0.2),
         (None, 17, 17, 3), (_CONV_BN[0] + 4 * _BLOCK[0] + 2, _CONV_BN[1] + 4 * _BLOCK[1]),  # 8-channel stem
         mixed_dtype='float32', inputs=_images, mixed_tolerance=0.05),
+    # deeplab2's encoder family and its layers.
+    'SwitchableAtrousConv2D': LayerCase(dict(filters=6, kernel_size=3, atrous_rate=2), (None, 9, 9, 4), (3, 0)),
+    'GlobalContext': LayerCase({}, (None, 5, 5, 4), (2, 0)),
+    'SqueezeAndExcite': LayerCase({}, (None, 5, 5, 4), (2, 0)),
+    'InceptionStem': LayerCase(dict(width_multiplier=0.125, activation='gelu'), (None, 9, 9, 3),
+                               (3 * _CONV_BN[0], 3 * _CONV_BN[1])),
+    # A strided basic block with switchable atrous convolutions, squeeze-and-excitation (kernel, bias) and a
+    # shortcut conv, in deeplab2's activation order.
+    'ConvBlock': LayerCase(dict(filters=[8, 8], strides=2, use_sac=True, use_squeeze_and_excite=True,
+                                drop_path_keep_prob=0.8, activate_input=True), (None, 9, 9, 4),
+                           (_STRIDED_SAC_CONV_BN[0] + _SAC_CONV_BN[0] + _CONV_BN[0] + 2,
+                            _STRIDED_SAC_CONV_BN[1] + _SAC_CONV_BN[1] + _CONV_BN[1])),
+    'ResizedFuse': LayerCase(dict(height=5, width=5, channels=8), _FUSED, (2 * _CONV_BN[0], 2 * _CONV_BN[1]),
+                             inputs=_fused_features),
+    'DeepLab2AxialResNet': LayerCase(
+        dict(backbone_type='resnet_beta', width_multiplier=0.0625, stem_width_multiplier=0.125,
+             blocks_per_stage=[1, 1, 2, 1], span=5, **_ATTENTION), (None, 17, 17, 3), _DEEPLAB2_ENCODER,
+        mixed_tolerance=0.05),
 }
 
 

@@ -32,6 +32,17 @@ PINNED = {
     'full_axial_resnet_m': 26755216,
     'full_axial_resnet_s': 12623128,
     'full_axial_resnet_xl': 175644136,
+    # deeplab2's encoder family with Panoptic-DeepLab (19 classes). Their encoders' trainable counts are deeplab2's own
+    # golden counts, and the axial_swidernet and max_deeplab_*_backbone models deeplab2's whole-model counts of its
+    # Cityscapes configs (tests/test_deeplab2_family.py).
+    'axial_resnet50': 42939462,
+    'axial_swidernet': 138044422,
+    'max_deeplab_l_backbone': 176813254,
+    'max_deeplab_s_backbone': 42939462,
+    'resnet50': 25012806,
+    'resnet50_beta': 25136966,
+    'swidernet': 110524486,
+    'wide_resnet41': 110524486,
 }
 
 # --- The hand count: (trainable, batch-norm statistics) per part. ---
@@ -141,7 +152,7 @@ def _variant(name: str) -> dict:
     """The registered model's arguments, from the unbuilt model's config."""
     model = registry.build_model(name)
     config = model.get_config()
-    return dict(encoder=config['encoder_config'], task=registry.model_task(name), num_classes=config['num_classes'],
+    return dict(encoder=config['encoder']['config'], task=registry.model_task(name), num_classes=config['num_classes'],
                 decoder=config.get('decoder_config'))
 
 

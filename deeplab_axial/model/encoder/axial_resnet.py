@@ -2,8 +2,9 @@
 
 Stages res2..res5 hold `blocks_per_stage` AxialBlocks with attention width f = 64 * width_multiplier * 2^i (block
 output 4f); the first block of res3, res4 and res5 is strided (res5 not at output stride 16). Three stems, all at
-stride 2 and followed either by a 3x3/2 max-pool (`stem_pool`, as ResNet) or, without it, by a strided first res2
-block (deeplab2 moves the pool's stride there, so res2's first height axis runs at stride 2):
+stride 2 and followed either by a 3x3/2 max-pool (`stem_pool`, as ResNet; the layer is `stem_max_pool`) or,
+without it, by a strided first res2 block (deeplab2 moves the pool's stride there, so res2's first height axis runs at
+stride 2):
   'conv':      7x7/2 conv 64 + BN + ReLU (the ImageNet conv-stem models of Table 1).
   'inception': 3x3/2 conv 64 -> 3x3 conv 64 -> 3x3 conv 128, each + BN + ReLU (Panoptic-DeepLab; Axial-DeepLab).
   'axial':     three AxialBlocks of width 32, the first with stride 2 (the full, stand-alone Axial-ResNet; the
@@ -20,19 +21,18 @@ from typing import Dict, List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from deeplab_axial import common
+from deeplab_axial.model.encoder.base import ENDPOINTS, Encoder
 from deeplab_axial.model.layers.axial_blocks import AxialBlock
 from deeplab_axial.model.layers.convolutions import ConvBN
 
 STEMS = ('conv', 'inception', 'axial')
 OUTPUT_STRIDES = (16, 32)
 DROP_PATH_SCHEDULES = ('constant', 'linear')
-ENDPOINTS = (common.RES2, common.RES3, common.RES4, common.RES5)
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
-class AxialResNet(keras.layers.Layer):
-    """Axial-ResNet backbone: [batch, height, width, 3] (normalised) -> {res2..res5: features}.
+class AxialResNet(Encoder):
+    """Axial-ResNet backbone: [batch, height, width, 3] (normalised) -> {res2..res5: features} (`encoder.base`).
 
     Args:
       stem: 'conv', 'inception' or 'axial' (see the module docstring).
@@ -42,6 +42,7 @@ class AxialResNet(keras.layers.Layer):
       blocks_per_stage: blocks in res2..res5 ([3, 4, 6, 3] for 50 layers, [1, 2, 4, 1] for 26).
       output_stride: 32, or 16 (res5 unstrided).
       span: None (global) or the odd local span of every stage block.
+      query_shape: axes up to this length attend globally whatever the span (deeplab2's rule, 129 in its layout).
       stem_span: local span of the axial stem's blocks.
       drop_path_keep_prob: keep probability of the residual branches (1.0 disables drop path).
       drop_path_schedule: 'constant', or 'linear' (block j of n keeps 1 - (1 - keep_prob) * (j + 1) / n).
@@ -67,7 +68,8 @@ class AxialResNet(keras.layers.Layer):
     def __init__(self, stem: str = 'conv', stem_pool: bool = True, width_multiplier: float = 1.0,
                  stem_width_multiplier: float = 1.0,
                  blocks_per_stage: Sequence[int] = (3, 4, 6, 3), output_stride: int = 32,
-                 span: Optional[int] = None, stem_span: Optional[int] = 15, drop_path_keep_prob: float = 1.0,
+                 span: Optional[int] = None, stem_span: Optional[int] = 15, query_shape: Optional[int] = None,
+                 drop_path_keep_prob: float = 1.0,
                  drop_path_schedule: str = 'constant', num_heads: int = 8, block_size: int = 64,
                  max_span: int = 255, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
                  use_sync_batchnorm: bool = False, project_strided_shortcut: bool = True,
@@ -95,6 +97,7 @@ class AxialResNet(keras.layers.Layer):
         self.output_stride = output_stride
         self.span = span
         self.stem_span = stem_span
+        self.query_shape = query_shape
         self.drop_path_keep_prob = drop_path_keep_prob
         self.drop_path_schedule = drop_path_schedule
         self.num_heads = num_heads
@@ -109,7 +112,7 @@ class AxialResNet(keras.layers.Layer):
         self.relative_table_input_size = relative_table_input_size
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         block_args = dict(num_heads=num_heads, block_size=block_size, stride_by_average_pool=stride_by_average_pool,
-                          **bn_args)
+                          query_shape=query_shape, **bn_args)
         length = relative_table_input_size
 
         def table_span(strides: int) -> int:
@@ -209,6 +212,7 @@ class AxialResNet(keras.layers.Layer):
                       width_multiplier=self.width_multiplier, stem_width_multiplier=self.stem_width_multiplier,
                       blocks_per_stage=self.blocks_per_stage,
                       output_stride=self.output_stride, span=self.span, stem_span=self.stem_span,
+                      query_shape=self.query_shape,
                       drop_path_keep_prob=self.drop_path_keep_prob, drop_path_schedule=self.drop_path_schedule,
                       num_heads=self.num_heads, block_size=self.block_size, max_span=self.max_span,
                       bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,

@@ -129,6 +129,8 @@ class AxialAttention(keras.layers.Layer):
       num_heads: attention heads; must divide both depths.
       span: None for global attention, else an odd local span m: each query sees the m positions centred on it,
         clipped at the borders, whatever the axis length (global in effect only when L <= (m + 1) / 2).
+      query_shape: deeplab2's rule (its `query_shape`, 129 in every released model): when set, an axis of length
+        <= query_shape runs global attention, whatever the span; longer axes use the span.
       max_span: the relative tables have 2 * max_span - 1 rows; larger distances reuse the last row.
       block_size: queries per block for local attention (memory and time grow as length * (block_size + span)).
       use_query_rpe_similarity: add q_o . r^q_{p-o} to the logits.
@@ -146,7 +148,8 @@ class AxialAttention(keras.layers.Layer):
 
     def __init__(self, total_key_depth: int = 512, total_value_depth: int = 1024, num_heads: int = 8,
                  span: Optional[int] = None, max_span: int = MAX_SPAN, block_size: int = 64,
-                 use_query_rpe_similarity: bool = True, use_key_rpe_similarity: bool = True,
+                 query_shape: Optional[int] = None, use_query_rpe_similarity: bool = True,
+                 use_key_rpe_similarity: bool = True,
                  use_content_similarity: bool = True, retrieve_value_rpe: bool = True,
                  retrieve_value_content: bool = True, initialization_std_for_query_key_rpe: float = 1.0,
                  initialization_std_for_value_rpe: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
@@ -164,6 +167,9 @@ class AxialAttention(keras.layers.Layer):
                              'use_key_rpe_similarity, use_content_similarity) must be on')
         if not (retrieve_value_rpe or retrieve_value_content):
             raise ValueError('AxialAttention: at least one of retrieve_value_rpe, retrieve_value_content must be on')
+        if query_shape is not None and query_shape < 1:
+            raise ValueError(f'AxialAttention: `query_shape` must be None or positive. Received: '
+                             f'query_shape={query_shape}')
         if block_size < 1 or max_span < 1:
             raise ValueError(f'AxialAttention: `block_size` and `max_span` must be positive. Received: '
                              f'block_size={block_size}, max_span={max_span}')
@@ -173,6 +179,7 @@ class AxialAttention(keras.layers.Layer):
         self.span = span
         self.max_span = max_span
         self.block_size = block_size
+        self.query_shape = query_shape
         self.use_query_rpe_similarity = use_query_rpe_similarity
         self.use_key_rpe_similarity = use_key_rpe_similarity
         self.use_content_similarity = use_content_similarity
@@ -235,7 +242,8 @@ class AxialAttention(keras.layers.Layer):
         if length is None:
             raise ValueError(f'{self.name}: the attended axis must have a static length. Received shape '
                              f'{inputs.shape}')
-        geometry = _window(length, self.span, self.block_size, self.max_span)
+        global_axis = self.query_shape is not None and length <= self.query_shape
+        geometry = _window(length, None if global_axis else self.span, self.block_size, self.max_span)
 
         # One 2-D matmul: on CPU it runs faster forward and backward than the equivalent 3-D einsum.
         qkv = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), tf.cast(self.qkv_kernel, inputs.dtype))
@@ -404,7 +412,7 @@ class AxialAttention(keras.layers.Layer):
         config.update(
             total_key_depth=self.total_key_depth, total_value_depth=self.total_value_depth,
             num_heads=self.num_heads, span=self.span, max_span=self.max_span, block_size=self.block_size,
-            use_query_rpe_similarity=self.use_query_rpe_similarity,
+            query_shape=self.query_shape, use_query_rpe_similarity=self.use_query_rpe_similarity,
             use_key_rpe_similarity=self.use_key_rpe_similarity,
             use_content_similarity=self.use_content_similarity, retrieve_value_rpe=self.retrieve_value_rpe,
             retrieve_value_content=self.retrieve_value_content,
@@ -428,11 +436,11 @@ class AxialAttention2D(keras.layers.Layer):
       strides: subsampling x[:, ::s] after the height axis and x[:, :, ::s] after the width axis (deeplab2).
       stride_by_average_pool: stride instead by an s x s average pool after the width axis, both axes attending at
         full resolution (the official PyTorch code; 'same' pooling, which equals its unpadded pool at even sizes).
-      **kwargs: the other `AxialAttention` arguments (max_span, block_size, the term switches, init stds, bn
-        settings), then `keras.layers.Layer` arguments.
+      **kwargs: the other `AxialAttention` arguments (max_span, block_size, query_shape, the term switches, init
+        stds, bn settings), then `keras.layers.Layer` arguments.
     """
 
-    _ATTENTION_ARGS = ('max_span', 'block_size', 'use_query_rpe_similarity', 'use_key_rpe_similarity',
+    _ATTENTION_ARGS = ('max_span', 'block_size', 'query_shape', 'use_query_rpe_similarity', 'use_key_rpe_similarity',
                        'use_content_similarity', 'retrieve_value_rpe', 'retrieve_value_content',
                        'initialization_std_for_query_key_rpe', 'initialization_std_for_value_rpe', 'bn_momentum',
                        'bn_epsilon', 'use_sync_batchnorm')
