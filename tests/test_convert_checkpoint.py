@@ -2,8 +2,8 @@
 plain paths (model_loader, initial_checkpoint, the SavedModel) with the reference code's outputs.
 
 Fixtures: tests/data/pytorch (the official PyTorch model's state dict and logits, see test_pytorch_checkpoint.py)
-and tests/data/deeplab2/axial_deeplab_s (a deeplab2 Panoptic-DeepLab checkpoint and its outputs, see
-test_deeplab2_agreement.py).
+and tests/data/deeplab2/{axial_deeplab_s,axial_swidernet,max_deeplab_s_backbone} (deeplab2 Panoptic-DeepLab
+checkpoints and their outputs, see test_deeplab2_agreement.py and test_deeplab2_family.py).
 """
 
 import os
@@ -148,6 +148,32 @@ def test_deeplab2_conversion_reads_plainly_everywhere(tmp_path):
         np.testing.assert_array_equal(served[key].numpy(), ours[key], err_msg=key)
     np.testing.assert_allclose(served[common.PRED_SEMANTIC_PROBS_KEY].numpy(), ours[common.PRED_SEMANTIC_PROBS_KEY],
                                atol=1e-5)
+
+
+@pytest.mark.parametrize('fixture, config_name', [
+    ('axial_swidernet', 'axial_swidernet_1_1_1_os16'), ('max_deeplab_s_backbone', 'max_deeplab_s_backbone_os16')])
+def test_deeplab2_family_conversion_reads_through_the_model_loader(tmp_path, fixture, config_name):
+    """A checkpoint of deeplab2's encoder family (its released zoo's layout), converted with the zoo config's
+    fields at the fixture's widths, reads through the model loader with deeplab2's outputs."""
+    folder = os.path.join(_REPO, 'tests', 'data', 'deeplab2', fixture)
+    expected = np.load(os.path.join(folder, 'outputs.npz'))
+    config = config_utils.load_config(
+        os.path.join(_REPO, 'configs', 'cityscapes', 'axial_deeplab', f'{config_name}.textproto'),
+        allow_unfilled=True)
+    options = config.model_options
+    for field in ('backbone', 'decoder', 'panoptic_deeplab'):
+        options.ClearField(field)
+    with open(os.path.join(folder, 'model_options.textproto')) as f:
+        text_format.Parse(f.read(), options)
+    config.eval_dataset_options.crop_size[:] = list(expected['images'].shape[1:3])
+    config_file = tmp_path / 'config.textproto'
+    config_file.write_text(text_format.MessageToString(config))
+    assert run_cli('--source', 'deeplab2', '--input', os.path.join(folder, 'ckpt-1'), '--config_file', config_file,
+                   '--output', tmp_path / 'ckpt') == 0
+    loaded = model_loader.load_model(model_loader.load_config(str(config_file)), str(tmp_path / 'ckpt'))
+    outputs = loaded.model(tf.constant(expected['images']), training=False)
+    for key in (common.PRED_SEMANTIC_LOGITS_KEY, common.PRED_CENTER_HEATMAP_KEY, common.PRED_OFFSET_MAP_KEY):
+        assert relative_error(outputs[key], expected[key]) < DEEPLAB2_TOLERANCE, key
 
 
 @pytest.mark.parametrize('args, message', [
