@@ -3,7 +3,8 @@
 A tiny Axial-DeepLab with seeded random weights (batch-norm statistics taken from the synthetic images, so that its
 maps vary) is saved the way trainer/controller.py saves (model parts at the top level of a tf.train.Checkpoint
 next to the global step and optimizer), exported, and compared with the evaluator's path
-(`deeplab_axial.model.inference` on the eval input pipeline's padded sample) and with the checkpoint runner.
+(`deeplab_axial.inference.inference_path` on the eval input pipeline's padded sample) and with the checkpoint
+runner.
 """
 
 import json
@@ -151,17 +152,18 @@ def _eval_path(panoptic, image: np.ndarray) -> dict:
     """
     @tf.function
     def run(image):
-        padded, resized = inference.fit_to_input_size(image, CROP)
-        predictions = inference.panoptic_predictions(panoptic['model'], panoptic['post_processor'], padded[None])
-        return inference.restore_to_image_size({k: v[0] for k, v in predictions.items()}, resized,
-                                               tf.shape(image)[:2])
+        padded, resized = inference_path.fit_to_input_size(image, CROP)
+        predictions = inference_path.panoptic_predictions(panoptic['model'], panoptic['post_processor'],
+                                                          padded[None])
+        return inference_path.restore_to_image_size({k: v[0] for k, v in predictions.items()}, resized,
+                                                    tf.shape(image)[:2])
 
     return {k: v.numpy() for k, v in run(tf.constant(image)).items()}
 
 
 def test_fit_to_input_size_traces_for_dynamic_image_sizes():
     # The signatures trace fit_to_input_size with unknown height and width (graph-mode dtype rules).
-    fit = tf.function(lambda image: inference.fit_to_input_size(image, (9, 11)),
+    fit = tf.function(lambda image: inference_path.fit_to_input_size(image, (9, 11)),
                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     padded, resized = fit(tf.fill([18, 11, 3], tf.constant(200, tf.uint8)))
     np.testing.assert_array_equal(resized.numpy(), [9, 5])  # scale 0.5, floor(11 * 0.5) = 5
@@ -187,10 +189,11 @@ def test_export_writes_signatures_and_asset(panoptic_export, loaded_export, pano
 def test_export_equals_evaluation_on_the_eval_pipeline_sample(loaded_export, panoptic, eval_samples):
     for sample in eval_samples:
         # The evaluator: padded sample from the input pipeline -> predictions -> restored to the raw size.
-        predictions = inference.panoptic_predictions(panoptic['model'], panoptic['post_processor'],
-                                                     sample[common.IMAGE])
-        expected = inference.restore_to_image_size({k: v[0] for k, v in predictions.items()},
-                                                   sample[common.GT_SIZE_RESIZED][0], sample[common.GT_SIZE_RAW][0])
+        predictions = inference_path.panoptic_predictions(panoptic['model'], panoptic['post_processor'],
+                                                          sample[common.IMAGE])
+        expected = inference_path.restore_to_image_size({k: v[0] for k, v in predictions.items()},
+                                                        sample[common.GT_SIZE_RESIZED][0],
+                                                        sample[common.GT_SIZE_RAW][0])
         image = _raw_image(sample)
         served = loaded_export.signatures['serving_default'](image=tf.constant(image))
         assert set(served) == PANOPTIC_KEYS

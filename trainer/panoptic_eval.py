@@ -1,7 +1,7 @@
 """Panoptic evaluation inside training and standalone (the controller's Evaluator for panoptic tasks).
 
 Per eval batch (any batch size, all replicas, `trainer/replica_eval.py`): the model and Panoptic-DeepLab
-post-processing run through the shared `deeplab_axial.model.inference.panoptic_predictions` (the path export and
+post-processing run through the shared `inference_path.panoptic_predictions` (the path export and
 predict use; with evaluator_options.eval_scales / add_flipped_images it averages the raw outputs over the rescaled
 and mirrored batch first, as deeplab2's evaluator does), then per example `restore_to_image_size` crops the
 prediction to `size_resized` and resizes it to `size_raw`, and `evaluation.PanopticEvaluator` compares it with the
@@ -23,7 +23,7 @@ import tensorflow as tf
 from deeplab_axial import common
 from deeplab_axial import vis
 from deeplab_axial.data.dataset import DatasetDescriptor
-from deeplab_axial.model import inference
+from deeplab_axial.inference import inference_path
 from evaluation import coco_panoptic_format
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from trainer import eval_results
@@ -102,8 +102,8 @@ class PanopticEval:
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        predictions = inference.panoptic_predictions(self._model, self._post_processor, images, self._scales,
-                                                     self._flip)
+        predictions = inference_path.panoptic_predictions(self._model, self._post_processor, images, self._scales,
+                                                          self._flip)
         return {k: predictions[k] for k in _PRED_KEYS}
 
     def reset(self) -> None:
@@ -125,7 +125,7 @@ class PanopticEval:
             height, width = sizes_raw[i]
             example = {k: tf.convert_to_tensor(v[i]) for k, v in predictions.items()}
             restored = {k: np.asarray(v) for k, v in
-                        inference.restore_to_image_size(example, sizes_resized[i], sizes_raw[i]).items()}
+                        inference_path.restore_to_image_size(example, sizes_resized[i], sizes_raw[i]).items()}
             self._evaluator.update(panoptic_raw[i, :height, :width], restored[common.PRED_PANOPTIC_KEY],
                                    restored[common.PRED_INSTANCE_SCORES_KEY], [name],
                                    restored[common.PRED_SEMANTIC_KEY])

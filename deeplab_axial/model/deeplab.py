@@ -14,10 +14,9 @@ import keras
 import tensorflow as tf
 
 from deeplab_axial import common
-from deeplab_axial.model.decoder.panoptic_deeplab import (InstanceLastLayers, PanopticDeepLabDecoder,
-                                                          prediction_conv, resize_align_corners,
-                                                          resize_offsets_align_corners)
+from deeplab_axial.model.decoder.panoptic_deeplab import InstanceLastLayers, PanopticDeepLabDecoder, prediction_conv
 from deeplab_axial.model.encoder.axial_resnet import AxialResNet
+from deeplab_axial.resize import resize_align_corners, resize_offsets_align_corners
 
 
 # torchvision's ImageNet statistics of 0..1 images, which the official PyTorch Axial-ResNets were trained with.
