@@ -1,8 +1,8 @@
 """Per-image host cost of predict's outputs on a Cityscapes-sized panoptic map (1024x2048, ~100 segments).
 
-Times the colour overlay and the COCO panoptic conversion (evaluation.coco_panoptic_format), each against a peer
-in the same process: a plain numpy alpha blend of the same size (the least any overlay costs) and PNG encoding of
-the segment-id image (what writing it costs anyway). Prints medians and ratios; the numbers depend on the machine.
+Times the colour overlay and the COCO panoptic conversion (deeplab_axial.data.coco_panoptic_format), each against a
+peer in the same process: a plain numpy alpha blend of the same size (the least any overlay costs) and PNG encoding
+of the segment-id image (what writing it costs anyway). Prints medians and ratios; the numbers depend on the machine.
 
     python benchmarks/bench_predict_outputs.py [--height 1024 --width 2048 --repeats 5]
 """
@@ -20,8 +20,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab_axial import vis  # noqa: E402
-from deeplab_axial.data import dataset, panoptic_ids  # noqa: E402
-from evaluation import coco_panoptic_format  # noqa: E402
+from deeplab_axial.data import coco_panoptic_format, dataset, panoptic_ids  # noqa: E402
 
 
 def _median_seconds(fn, repeats):

@@ -22,8 +22,9 @@ import sys
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
+from deeplab_axial import atomic_files
 from deeplab_axial import io_errors
-from evaluation.coco_panoptic_format import load_panoptic_json, read_panoptic_png, write_json_atomic
+from deeplab_axial.data.coco_panoptic_format import load_panoptic_json, read_panoptic_png
 from evaluation.panoptic_evaluator import METRICS, PanopticEvaluator
 from evaluation.segment_overlap import SegmentOverlap, compile_for_png_ids, compute_overlap
 
@@ -297,7 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            args.num_workers, progress=sys.stderr)
         print(format_table(results))
         if args.output_json:
-            write_json_atomic(args.output_json, results)
+            atomic_files.write_json(args.output_json, results)
     except (ValueError, WorkerDiedError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

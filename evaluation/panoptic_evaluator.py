@@ -9,10 +9,10 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from deeplab_axial.data.coco_panoptic_format import categories_from_descriptor, panoptic_to_segments
 from deeplab_axial.data.dataset import DatasetDescriptor
 from evaluation.cityscapes_instance_ap import CityscapesInstanceAP
 from evaluation.coco_instance_ap import CocoInstanceAP
-from evaluation.coco_panoptic_format import categories_from_descriptor, panoptic_to_segments
 from evaluation.mean_iou import MeanIoU
 from evaluation.panoptic_quality import PanopticQuality
 from evaluation.segment_overlap import SegmentOverlap, compute_overlap

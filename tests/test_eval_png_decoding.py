@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data import dataset
-from evaluation import coco_panoptic_format
+from deeplab_axial.data.coco_panoptic_format import read_panoptic_png
 from evaluation import evaluate as cli
-from evaluation.coco_panoptic_format import read_panoptic_png
 from evaluation.synthetic_panoptic import random_panoptic_pair, write_panoptic_dataset
 
 

@@ -116,7 +116,7 @@ def test_average_precision_by_hand():
 
 
 def test_evaluation_imports_without_tensorflow():
-    code = ('import sys, evaluation.evaluate, evaluation.panoptic_evaluator, evaluation.coco_panoptic_format; '
-            'sys.exit(int("tensorflow" in sys.modules or "keras" in sys.modules))')
+    code = ('import sys, evaluation.evaluate, evaluation.panoptic_evaluator, deeplab_axial.data.coco_panoptic_format, '
+            'deeplab_axial.atomic_files; sys.exit(int("tensorflow" in sys.modules or "keras" in sys.modules))')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert subprocess.run([sys.executable, '-c', code], cwd=root, timeout=120).returncode == 0

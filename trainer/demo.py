@@ -27,12 +27,13 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from deeplab_axial import atomic_files  # noqa: E402
 from deeplab_axial.data import build_coco_data  # noqa: E402
 from deeplab_axial.data import dataset  # noqa: E402
 from deeplab_axial.data import synthetic  # noqa: E402
+from deeplab_axial.inference import saved_model_export  # noqa: E402
 from deeplab_axial import predict  # noqa: E402
 from deeplab_axial import vis  # noqa: E402
-from trainer import export_model  # noqa: E402
 from trainer import train  # noqa: E402
 from trainer import train_lib  # noqa: E402
 
@@ -84,9 +85,7 @@ def write_picture(data_dir: str, prediction_dir: str, path: str) -> None:
             descriptor.panoptic_label_divisor, descriptor.ignore_label
         ).repeat(PICTURE_ZOOM, 0).repeat(PICTURE_ZOOM, 1)
     picture = vis.prediction_vs_ground_truth(image, panoptic['pred'], panoptic['gt'], descriptor)
-    tmp = path + '.tmp.png'
-    Image.fromarray(picture).save(tmp)
-    os.replace(tmp, path)
+    atomic_files.write_png(path, picture)
 
 
 def _summary_line(name: str, pq: float, ap: float, miou: float, miou_source: str) -> str:
@@ -110,7 +109,7 @@ def run_demo(output_dir: str, seed: int = 0) -> Dict[str, Dict[str, float]]:
 
     start = time.time()
     export_dir = os.path.join(output_dir, 'export')
-    export_model.export(config, experiment_dir, export_dir)
+    saved_model_export.export(config, experiment_dir, export_dir)
     times['export'] = time.time() - start
 
     start = time.time()

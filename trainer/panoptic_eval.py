@@ -22,9 +22,9 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial import vis
+from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import inference_path
-from evaluation import coco_panoptic_format
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from trainer import eval_results
 from trainer import replica_eval

@@ -13,7 +13,6 @@ then train on `{tfrecord_dir}/train-*.tfrecord` with dataset 'synthetic_panoptic
 """
 
 import io
-import json
 import os
 from typing import Dict, List, Sequence, Tuple
 
@@ -23,6 +22,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from deeplab_axial import atomic_files
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
 from deeplab_axial.data import panoptic_ids
@@ -147,10 +147,8 @@ def write_panoptic_dataset(output_dir: str, num_train: int = 64, num_val: int = 
             images.append({'id': next_image_id, 'file_name': name + '.jpg', 'height': height, 'width': width})
             annotations.append({'image_id': next_image_id, 'file_name': name + '.png', 'segments_info': segments})
             next_image_id += 1
-        json_path = os.path.join(output_dir, 'annotations', f'panoptic_{split}2017.json')
-        with open(json_path + '.tmp', 'w') as f:
-            json.dump({'images': images, 'annotations': annotations, 'categories': categories}, f)
-        os.replace(json_path + '.tmp', json_path)
+        atomic_files.write_json(os.path.join(output_dir, 'annotations', f'panoptic_{split}2017.json'),
+                                {'images': images, 'annotations': annotations, 'categories': categories})
     return {'train': num_train, 'val': num_val}
 
 

@@ -3,7 +3,8 @@
 The reader checks what the official tools check (and a little more), so bad files stop with an error that names the
 image and the problem. The writer turns the in-memory convention (panoptic = class * divisor + instance, void =
 ignore_label class, thing with instance 0 = crowd) into this format; every file is written to a temporary name and
-renamed, so an interrupted run never leaves a file that looks complete.
+renamed (`atomic_files`), so an interrupted run never leaves a file that looks complete. It is the one home of the
+format: the converters, evaluation, prediction and the trainer's saved predictions all read and write through it.
 
 PNGs are decoded with libspng (the optional `pyspng` package) when it is installed, about 2.5x faster than Pillow
 for these files; every other case (no pyspng, a PNG that is not 8-bit RGB) goes through Pillow, with the same result.
@@ -17,7 +18,6 @@ pyspng in an evaluation worker. Files that check does not accept go to the decod
 import io
 import json
 import os
-import secrets
 import struct
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -34,7 +34,7 @@ try:
 except ImportError:
     zlib_ng = None
 
-from deeplab_axial import io_errors
+from deeplab_axial import atomic_files
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.data.panoptic_ids import MAX_PACKED_ID, id_to_rgb
 
@@ -155,45 +155,6 @@ def _read_panoptic_png_pillow(source: Union[str, io.BytesIO], path: str, label: 
     return packed & np.uint32(0xFFFFFF)
 
 
-def write_atomically(path: str, write_fn) -> None:
-    """Calls `write_fn(f)` on a binary temporary file beside `path`, then renames it to `path`.
-
-    A reader never sees a partial file under the final name; on failure the temporary file is removed. The file gets
-    the mode the user's umask gives a new file (as `open` would), so teammates read it where the umask lets them. An
-    OSError (a full disk, a missing permission) names `path`.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = _create_hidden_temp(directory, os.path.basename(path))
-        with os.fdopen(fd, 'wb') as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise io_errors.with_path(e, path) from e
-        raise
-
-
-def _create_hidden_temp(directory: str, name: str) -> Tuple[int, str]:
-    """Opens a new file `.{name}.{random}.tmp` in `directory` for writing, mode 0o666 less the umask (mkstemp would
-    make it 0o600, and the mode survives the rename)."""
-    while True:
-        tmp = os.path.join(directory, f'.{name}.{secrets.token_hex(4)}.tmp')
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def write_json_atomic(path: str, data) -> None:
-    """Writes `data` as JSON to `path` through a temporary file and a rename."""
-    write_atomically(path, lambda f: f.write(json.dumps(data).encode('utf-8')))
-
-
 def categories_from_descriptor(descriptor: DatasetDescriptor) -> List[dict]:
     """The COCO `categories` list of a descriptor: one entry per class except void, with dataset ids."""
     things = set(descriptor.thing_classes)
@@ -274,7 +235,7 @@ def write_coco_panoptic(panoptic: np.ndarray, descriptor: DatasetDescriptor, png
     """
     ids, segments = panoptic_to_segments(panoptic, descriptor, instance_scores)
     image = Image.fromarray(id_to_rgb(ids), mode='RGB')
-    write_atomically(png_path, lambda f: image.save(f, format='PNG'))
+    atomic_files.write_atomically(png_path, lambda f: image.save(f, format='PNG'))
     return {'image_id': image_id, 'file_name': os.path.basename(png_path), 'segments_info': segments}
 
 
@@ -284,7 +245,7 @@ def write_panoptic_json(path: str, annotations: Sequence[dict], categories: Sequ
     if images is None:
         images = [{'id': a['image_id'], 'file_name': os.path.splitext(a['file_name'])[0] + '.jpg'}
                   for a in annotations]
-    write_json_atomic(path, {'images': list(images), 'annotations': list(annotations),
+    atomic_files.write_json(path, {'images': list(images), 'annotations': list(annotations),
                              'categories': list(categories)})
 
 
