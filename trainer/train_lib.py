@@ -30,6 +30,7 @@ from deeplab_axial.model import registry
 from deeplab_axial.protos import config_pb2
 from trainer import checkpoint_utils
 from trainer import classification_task
+from trainer import config_checks
 from trainer import controller as controller_lib
 from trainer import data_options
 from trainer import optimizer_builder
@@ -74,7 +75,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
     """
     if mode not in _MODES:
         raise ValueError(f'mode must be one of {_MODES}. Received: {mode!r}')
-    descriptors = config_utils.validate(config, num_replicas=strategy.num_replicas_in_sync)
+    descriptors = config_checks.validate(config, num_replicas=strategy.num_replicas_in_sync)
     training = mode in _TRAIN_MODES
     evaluating = mode != common.MODE_TRAIN
     for needed, key, field in ((training, 'train', 'train_dataset_options'),
