@@ -25,6 +25,7 @@ from deeplab_axial import vis
 from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import inference_path
+from evaluation import metrics as metric_table
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from trainer import eval_results
 from trainer import replica_eval
@@ -32,23 +33,6 @@ from trainer import replica_eval
 PREDICTIONS_DIR = 'predictions'
 PREDICTIONS_NAME = 'panoptic_pred'
 _PRED_KEYS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, common.PRED_INSTANCE_SCORES_KEY)
-
-
-def flatten_results(results: Dict[str, dict]) -> Dict[str, float]:
-    """evaluation.PanopticEvaluator results -> deeplab2's summary names (values in [0, 1])."""
-    flat = {}
-    if 'pq' in results:
-        for part, suffix in (('All', ''), ('Things', '_Things'), ('Stuff', '_Stuff')):
-            for metric in ('pq', 'sq', 'rq'):
-                flat[f'evaluation/pq/{metric.upper()}{suffix}'] = results['pq'][part][metric]
-    if 'ap' in results:
-        ap = results['ap']
-        flat['evaluation/ap/AP_Mask'] = ap['AP']
-        flat['evaluation/ap/AP50_Mask'] = ap['AP50']
-        flat['evaluation/ap/AP75_Mask'] = ap['AP75']
-    if 'miou' in results:
-        flat['evaluation/iou/IoU'] = results['miou']['mIoU']
-    return flat
 
 
 def _image_id(name: str):
@@ -70,7 +54,7 @@ class PanopticEval:
       global_step: the controller's step variable (names the pass in files and summaries).
       save_predictions: also write COCO panoptic PNGs + JSON of every prediction.
       num_vis_samples: rendered predictions per pass in the eval summaries.
-      metrics: any of 'pq', 'ap', 'miou'.
+      metrics: names in the metric table (evaluation/metrics.py).
       scales: input scales whose raw outputs are averaged before post-processing (evaluator_options.eval_scales).
       flip: also average over horizontally flipped images (evaluator_options.add_flipped_images).
     """
@@ -143,7 +127,7 @@ class PanopticEval:
 
     def result(self) -> Dict[str, float]:
         details = self._evaluator.result()
-        metrics = flatten_results(details)
+        metrics = metric_table.summaries(details)
         step = int(self._global_step.numpy())
         eval_results.write_eval_results(self._experiment_dir, step, metrics,
                                         {k: {n: v for n, v in d.items() if n != 'per_class'}

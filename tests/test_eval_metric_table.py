@@ -1,0 +1,146 @@
+"""The metric table (evaluation/metrics.py): a metric registered with one line flows through the evaluator, merging
+across (pickled) workers, the summaries and the CLI; the built-in metrics follow the protocol and give deeplab2's
+tags."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from deeplab_axial.data import dataset
+from evaluation import evaluate as cli
+from evaluation import metrics
+from evaluation.mean_iou import MeanIoU
+from evaluation.panoptic_evaluator import PanopticEvaluator
+from evaluation.synthetic_panoptic import random_panoptic_pair, write_panoptic_dataset
+
+SYNTHETIC = dataset.get('synthetic_panoptic')  # contiguous: 1 disc, 2 square, 3 triangle (things), 4 sky, 5 grass
+DIV = SYNTHETIC.panoptic_label_divisor
+VOID, DISC, SKY, WALL = 0, 1, 4, 6
+
+
+class SegmentCount:
+    """A metric written for this test: how many ground-truth and predicted segments the images have."""
+
+    def __init__(self, categories):
+        del categories
+        self.counts = np.zeros(2, np.int64)
+
+    def add(self, overlap):
+        self.counts += [len(overlap.gt_category), len(overlap.pred_category)]
+
+    def merge(self, other):
+        self.counts += other.counts
+
+    def result(self):
+        return {'gt': int(self.counts[0]), 'pred': int(self.counts[1])}
+
+    @staticmethod
+    def summaries(result):
+        return {'evaluation/segments/GT': result['gt'], 'evaluation/segments/Pred': result['pred']}
+
+
+@pytest.fixture
+def segment_count(monkeypatch):
+    """The one line that adds a metric, for the duration of a test."""
+    monkeypatch.setitem(metrics.METRICS, 'segments', SegmentCount)
+
+
+def _pairs(count=6):
+    rng = np.random.default_rng(7)
+    return [random_panoptic_pair(rng, SYNTHETIC, 40, 56, 12) for _ in range(count)]
+
+
+def _segments(panoptic: np.ndarray) -> int:
+    """Non-void segments of a panoptic map, counted directly."""
+    values = np.unique(panoptic)
+    return int(np.count_nonzero(values // DIV != SYNTHETIC.ignore_label))
+
+
+def test_a_registered_metric_flows_through_the_evaluator_and_pickled_workers(segment_count):
+    pairs = _pairs()
+    expected = {'gt': sum(_segments(gt) for gt, _, _ in pairs), 'pred': sum(_segments(pred) for _, pred, _ in pairs)}
+    assert expected['gt'] > 20 and expected['pred'] > 20
+    single = PanopticEvaluator.from_descriptor(SYNTHETIC, ['pq', 'segments'])
+    workers = [PanopticEvaluator.from_descriptor(SYNTHETIC, ['segments', 'pq']) for _ in range(2)]
+    for k, (gt, pred, scores) in enumerate(pairs):
+        single.update(gt, pred, scores)
+        workers[k % 2].update(gt, pred, scores)
+    merged = workers[0]
+    merged.merge(pickle.loads(pickle.dumps(workers[1])))  # as a worker process would send it
+    assert merged.metrics == ('pq', 'segments')  # table order
+    for evaluator in (single, merged):
+        result = evaluator.result()
+        assert result['segments'] == expected
+        summaries = metrics.summaries(result)
+        assert summaries['evaluation/segments/GT'] == expected['gt']
+        assert summaries['evaluation/segments/Pred'] == expected['pred']
+        assert summaries['evaluation/pq/PQ'] == result['pq']['All']['pq']
+    with pytest.raises(ValueError, match=r"subset of \['pq', 'ap', 'miou', 'segments'\]"):
+        PanopticEvaluator.from_descriptor(SYNTHETIC, ['segment'])
+
+
+def test_a_registered_metric_flows_through_the_cli(segment_count, tmp_path, capsys):
+    pairs = _pairs(3)
+    paths = write_panoptic_dataset(str(tmp_path / 'set'), SYNTHETIC, pairs)
+    out = tmp_path / 'metrics.json'
+    code = cli.main(['--gt_json', paths['gt_json'], '--gt_folder', paths['gt_folder'], '--pred_json',
+                     paths['pred_json'], '--pred_folder', paths['pred_folder'], '--metrics', 'segments,pq',
+                     '--num_workers', '2', '--output_json', str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {'pq', 'segments'}
+    assert results['segments'] == {'gt': sum(_segments(gt) for gt, _, _ in pairs),
+                                   'pred': sum(_segments(pred) for _, pred, _ in pairs)}
+    assert f'segments: GT {results["segments"]["gt"]:.4f}  Pred' in capsys.readouterr().out
+
+
+def test_the_built_in_metrics_follow_the_protocol():
+    evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC)
+    categories = evaluator.categories
+    assert evaluator.metrics == ('pq', 'ap', 'miou')
+    for name, cls in metrics.METRICS.items():
+        accumulator = cls(categories)
+        assert isinstance(accumulator, metrics.Metric), name
+        assert isinstance(accumulator, metrics.SemanticMetric) == (cls is MeanIoU), name
+        assert set(accumulator.result()) and set(cls.summaries(accumulator.result()))  # empty input: defined values
+
+
+def _pan(rows):
+    return np.array(rows, np.int32)
+
+
+def test_summaries_carry_deeplab2s_tags_with_hand_computed_values():
+    d1, sky, void = DISC * DIV + 1, SKY * DIV, VOID * DIV
+    gt = _pan([[d1, d1, sky, sky], [d1, d1, sky, sky], [d1, d1, sky, sky], [void, void, sky, sky]])
+    d5 = DISC * DIV + 5
+    pred = _pan([[d5, d5, d5, sky], [d5, d5, sky, sky], [sky, sky, sky, sky], [d5, d5, sky, sky]])
+    evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC)
+    evaluator.update(gt, pred)
+    # PQ: disc IoU 4 / 7 (a thing; its 2 pixels on void leave the union), sky 7 / 10 (stuff), both matched (see
+    # test_eval_streaming). Mask AP: COCO's IoU keeps those pixels in the union, 4 / 9 < 0.5: the disc matches nothing.
+    result = evaluator.result()
+    assert metrics.summaries(result) == pytest.approx({
+        'evaluation/pq/PQ': (4 / 7 + 0.7) / 2, 'evaluation/pq/SQ': (4 / 7 + 0.7) / 2, 'evaluation/pq/RQ': 1.0,
+        'evaluation/pq/PQ_Things': 4 / 7, 'evaluation/pq/SQ_Things': 4 / 7, 'evaluation/pq/RQ_Things': 1.0,
+        'evaluation/pq/PQ_Stuff': 0.7, 'evaluation/pq/SQ_Stuff': 0.7, 'evaluation/pq/RQ_Stuff': 1.0,
+        'evaluation/pq/TP': 1.0, 'evaluation/pq/FN': 0.0, 'evaluation/pq/FP': 0.0,
+        'evaluation/ap/AP_Mask': 0.0, 'evaluation/ap/AP50_Mask': 0.0, 'evaluation/ap/AP75_Mask': 0.0,
+        'evaluation/iou/IoU': (4 / 7 + 0.7) / 2,
+    })
+    # A disc on 4 of the 6 GT disc pixels and nothing else: IoU 4 / 6 under either rule.
+    inside = _pan([[d5, d5, sky, sky], [d5, d5, sky, sky], [sky, sky, sky, sky], [void, void, sky, sky]])
+    evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC, ['ap'])
+    evaluator.update(gt, inside)
+    summaries = metrics.summaries(evaluator.result())
+    assert summaries == pytest.approx({'evaluation/ap/AP_Mask': 0.4, 'evaluation/ap/AP50_Mask': 1.0,
+                                       'evaluation/ap/AP75_Mask': 0.0})  # matched at 0.5 .. 0.65 of 0.5 .. 0.95
+
+    # TP, FN, FP are deeplab2's means over the classes with tp + fp + fn > 0: disc (0, 1, 0), wall (0, 1, 1).
+    crowd, wall = DISC * DIV, WALL * DIV
+    evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC, ['pq'])
+    evaluator.update(_pan([[crowd] * 4, [wall] * 4]), _pan([[d1, d1, d1, wall], [d1, d1, d1, wall]]))
+    summaries = metrics.summaries(evaluator.result())
+    assert (summaries['evaluation/pq/TP'], summaries['evaluation/pq/FP'], summaries['evaluation/pq/FN']) == (
+        0.0, 1.0, 0.5)
