@@ -36,8 +36,9 @@ from trainer import data_options
 from trainer import optimizer_builder
 from trainer import panoptic_task
 from trainer import train_step
+from trainer.task import Task
 
-_TASKS = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
+_TASKS: Dict[str, Task] = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
 _TRAIN_MODES = (common.MODE_TRAIN, common.MODE_TRAIN_AND_EVAL)
 _MODES = _TRAIN_MODES + (common.MODE_EVAL, common.MODE_CONTINUOUS_EVAL)
 
@@ -135,7 +136,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
 
 
 def _training_setup(config: config_pb2.ExperimentOptions, descriptor, strategy: tf.distribute.Strategy,
-                    model: keras.Model, task, items: dict, seed: Optional[int]) -> dict:
+                    model: keras.Model, task: Task, items: dict, seed: Optional[int]) -> dict:
     """Optimizer(s), train step, train dataset and init_fn (inside strategy.scope()); adds optimizers to items."""
     solver = config.trainer_options.solver_options
     policy = config.model_options.mixed_precision_policy or 'float32'
