@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab_axial import vis  # noqa: E402
-from deeplab_axial.data import coco_panoptic_format, dataset, panoptic_ids  # noqa: E402
+from deeplab_axial.data import coco_panoptic_format, dataset, panoptic_png  # noqa: E402
 
 
 def _median_seconds(fn, repeats):
@@ -55,7 +55,7 @@ def main():
     panoptic = _scene(rng, args.height, args.width, descriptor)
     image = rng.integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     colours = rng.integers(0, 256, size=image.shape, dtype=np.uint8)
-    rgb = panoptic_ids.id_to_rgb(coco_panoptic_format.panoptic_to_segments(panoptic, descriptor)[0])
+    rgb = panoptic_png.id_to_rgb(coco_panoptic_format.panoptic_to_segments(panoptic, descriptor)[0])
 
     blend = _median_seconds(lambda: np.round(0.5 * image + 0.5 * colours).astype(np.uint8), args.repeats)
     png = _median_seconds(lambda: Image.fromarray(rgb).save(io.BytesIO(), format='PNG'), args.repeats)

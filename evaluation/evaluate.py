@@ -24,7 +24,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
 from deeplab_axial import atomic_files
 from deeplab_axial import io_errors
-from deeplab_axial.data.coco_panoptic_format import load_panoptic_json, read_panoptic_png
+from deeplab_axial.data.coco_panoptic_format import load_panoptic_json
+from deeplab_axial.data.panoptic_png import read_panoptic_png
 from evaluation import metrics as metric_table
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from evaluation.segment_overlap import SegmentOverlap, compile_for_png_ids, compute_overlap
