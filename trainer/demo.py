@@ -4,7 +4,7 @@ r"""The README's main command: the whole product on the built-in synthetic datas
 
 1. writes the synthetic panoptic dataset in COCO panoptic layout and converts it with the COCO converter;
 2. trains `configs/synthetic/axial_deeplab_tiny.textproto` (train_and_eval: PQ/AP/mIoU at the end);
-3. exports a SavedModel with `trainer.export_model`;
+3. exports a SavedModel (`saved_model_export.export`, what `trainer.export_model` runs);
 4. runs `deeplab_axial.predict` with that SavedModel on the validation images and scores its COCO panoptic output
    with `evaluation.evaluate` against the ground truth (the same numbers as step 2: one inference path);
 5. writes `prediction_vs_ground_truth.png`, the first validation image's prediction beside its ground truth.
