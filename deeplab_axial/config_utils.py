@@ -4,12 +4,14 @@ A config may carry `${NAME}` placeholders, as deeplab2's do (`${EXPERIMENT_NAME}
 fills them from a mapping (e.g. command-line flags), then from the environment, and names every one left unfilled
 with its file and line. `validate` checks the rules that span several fields (crop size versus output stride,
 head size versus dataset, batch size versus replicas, ...) so that a bad config fails before any model is built,
-with a message that names the fields involved.
+with a message that names the fields involved. A layer above the library adds the rules of what it builds through
+`validate`'s `checks` (the trainer: optimizer, learning-rate schedule and mixed precision, trainer/config_checks.py),
+so that one error still lists every violation.
 """
 
 import os
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
@@ -19,12 +21,11 @@ from deeplab_axial.model.encoder import axial_resnet
 from deeplab_axial.protos import config_pb2
 from deeplab_axial.protos import dataset_pb2
 from deeplab_axial.protos import evaluator_pb2
-from trainer import optimizer_builder
 
 _PLACEHOLDER = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}')
 
-# The valid values of the other enumerated fields live with the code that uses them (the encoder, the optimizer
-# builder) and are read from there.
+# The valid values of the other enumerated fields live with the code that uses them and are read from there: the
+# encoder's here, the optimizer builder's by the trainer's own rules (trainer/config_checks.py).
 SUPPORTED_META_ARCHITECTURES = ('panoptic_deeplab', 'classification')
 # The loss each trainer_options.loss_options field computes (deeplab2's names).
 LOSS_NAMES = {'semantic_loss': 'softmax_cross_entropy', 'center_loss': 'mse', 'regression_loss': 'l1',
@@ -212,46 +213,6 @@ def _check_model(c: _Checker, model) -> None:
     c.require(backbone.drop_path_schedule in axial_resnet.DROP_PATH_SCHEDULES,
               f'model_options.backbone.drop_path_schedule must be one of {axial_resnet.DROP_PATH_SCHEDULES}. '
               f'Received: {backbone.drop_path_schedule!r}')
-    c.require(model.mixed_precision_policy in optimizer_builder.PRECISION_POLICIES,
-              f'model_options.mixed_precision_policy must be one of {optimizer_builder.PRECISION_POLICIES}. '
-              f'Received: {model.mixed_precision_policy!r}')
-
-
-def _check_solver(c: _Checker, solver) -> None:
-    prefix = 'trainer_options.solver_options'
-    c.require(solver.optimizer in optimizer_builder.OPTIMIZERS,
-              f'{prefix}.optimizer must be one of {optimizer_builder.OPTIMIZERS}. Received: {solver.optimizer!r}')
-    c.require(solver.learning_policy in optimizer_builder.LEARNING_POLICIES,
-              f'{prefix}.learning_policy must be one of {optimizer_builder.LEARNING_POLICIES}. Received: '
-              f'{solver.learning_policy!r}')
-    c.require(solver.base_learning_rate > 0, f'{prefix}.base_learning_rate must be positive. Received: '
-              f'{solver.base_learning_rate}')
-    c.require(solver.training_number_of_steps > 0, f'{prefix}.training_number_of_steps must be positive. '
-              f'Received: {solver.training_number_of_steps}')
-    c.require(0 <= solver.warmup_steps < solver.training_number_of_steps,
-              f'{prefix}.warmup_steps ({solver.warmup_steps}) must be in [0, {prefix}.training_number_of_steps '
-              f'({solver.training_number_of_steps}))')
-    c.require(solver.weight_decay >= 0 and solver.adamw_weight_decay >= 0,
-              f'{prefix}.weight_decay and {prefix}.adamw_weight_decay must be non-negative')
-    c.require(not solver.use_gradient_clipping or solver.clip_gradient_norm > 0,
-              f'{prefix}.clip_gradient_norm must be positive when {prefix}.use_gradient_clipping is true. '
-              f'Received: {solver.clip_gradient_norm}')
-    c.require(solver.backbone_learning_rate_multiplier > 0,
-              f'{prefix}.backbone_learning_rate_multiplier must be positive')
-    if solver.use_lookahead:
-        c.require(solver.lookahead_sync_period >= 1, f'{prefix}.lookahead_sync_period must be >= 1 when '
-                  f'{prefix}.use_lookahead is true. Received: {solver.lookahead_sync_period}')
-        c.require(0.0 < solver.lookahead_slow_step_size <= 1.0, f'{prefix}.lookahead_slow_step_size must be in '
-                  f'(0, 1] when {prefix}.use_lookahead is true. Received: {solver.lookahead_slow_step_size}')
-    c.require(not solver.use_nesterov or solver.optimizer == 'sgd',
-              f'{prefix}.use_nesterov only applies to {prefix}.optimizer "sgd". Received optimizer: '
-              f'{solver.optimizer!r}')
-
-
-def _check_trainer(c: _Checker, trainer) -> None:
-    for name in ('steps_per_loop', 'save_checkpoints_steps', 'save_summaries_steps', 'num_checkpoints_to_keep'):
-        value = getattr(trainer, name)
-        c.require(value > 0, f'trainer_options.{name} must be positive. Received: {value}')
 
 
 def _check_loss(c: _Checker, field: str, loss, name: str) -> None:
@@ -353,13 +314,19 @@ def eval_scales(evaluator: evaluator_pb2.EvaluatorOptions) -> Tuple[float, ...]:
     return tuple(evaluator.eval_scales) or (1.0,)
 
 
-def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dict[str, dataset_lib.DatasetDescriptor]:
+ConfigCheck = Callable[[config_pb2.ExperimentOptions], List[str]]
+
+
+def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1,
+             checks: Sequence[ConfigCheck] = ()) -> Dict[str, dataset_lib.DatasetDescriptor]:
     """Checks cross-field rules; registers `dataset_descriptor` blocks on the way.
 
     Args:
       config: a parsed ExperimentOptions.
       num_replicas: replicas that train (the train batch size must divide evenly). Evaluation takes any batch
         size on any number of replicas (the evaluator pads the last batch), so it has no such rule.
+      checks: further rules, each returning the messages of the ones `config` violates (naming the fields),
+        reported together with these.
 
     Returns:
       The dataset descriptors of the datasets that are set, keyed 'train' / 'eval'.
@@ -374,8 +341,6 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dic
                           f'of {SUPPORTED_META_ARCHITECTURES}')
     c.errors += unsupported_fields.unsupported_fields(config)
     _check_model(c, config.model_options)
-    _check_solver(c, config.trainer_options.solver_options)
-    _check_trainer(c, config.trainer_options)
     _check_evaluator(c, config.evaluator_options)
     descriptors = {}
     for key, field in (('train', 'train_dataset_options'), ('eval', 'eval_dataset_options')):
@@ -389,6 +354,8 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dic
                   f'train_dataset_options.dataset {train.name!r} and eval_dataset_options.dataset '
                   f'{evaluation.name!r} must have the same task and number of classes')
     _check_meta_architecture(c, config, meta, descriptors.get('train', descriptors.get('eval')))
+    for check in checks:
+        c.errors += check(config)
     if c.errors:
         raise ConfigError(f'Invalid config {config.experiment_name!r}:\n  - ' + '\n  - '.join(c.errors))
     return descriptors

@@ -32,10 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deeplab_axial import common, io_errors, vis
+from deeplab_axial import atomic_files, common, io_errors, vis
+from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import files
-from evaluation import coco_panoptic_format
 
 PANOPTIC_DIR = 'panoptic'
 OVERLAY_DIR = 'overlay'
@@ -185,8 +185,8 @@ def _write_panoptic(output_dir: str, name: str, image_id, image: np.ndarray, out
     annotation = coco_panoptic_format.write_coco_panoptic(
         panoptic, descriptor, os.path.join(output_dir, PANOPTIC_DIR, name + '.png'), image_id=image_id,
         instance_scores=None if scores is None else scores[index])
-    files.save_png(os.path.join(output_dir, OVERLAY_DIR, name + '.png'),
-                   vis.overlay_panoptic(image, panoptic, descriptor))
+    atomic_files.write_png(os.path.join(output_dir, OVERLAY_DIR, name + '.png'),
+                           vis.overlay_panoptic(image, panoptic, descriptor))
     return annotation
 
 
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.writer(text, lineterminator='\n')
         writer.writerow(['file'] + [f'{k}_{r}' for r in range(1, 6) for k in ('class', 'name', 'prob')])
         writer.writerows(row for _, row in sorted(top5_rows, key=lambda x: x[0]))
-        files.save_text(os.path.join(args.output_dir, TOP5_CSV), text.getvalue())
+        atomic_files.write_text(os.path.join(args.output_dir, TOP5_CSV), text.getvalue())
     written = len(paths) - len(failures)
     print(f'Wrote predictions for {written} of {len(paths)} inputs to {args.output_dir}')
     if failures:

@@ -22,9 +22,12 @@ import sys
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
+from deeplab_axial import atomic_files
 from deeplab_axial import io_errors
-from evaluation.coco_panoptic_format import load_panoptic_json, read_panoptic_png, write_json_atomic
-from evaluation.panoptic_evaluator import METRICS, PanopticEvaluator
+from deeplab_axial.data.coco_panoptic_format import load_panoptic_json
+from deeplab_axial.data.panoptic_png import read_panoptic_png
+from evaluation import metrics as metric_table
+from evaluation.panoptic_evaluator import PanopticEvaluator
 from evaluation.segment_overlap import SegmentOverlap, compile_for_png_ids, compute_overlap
 
 
@@ -224,11 +227,13 @@ class _Progress:
             self.stream.flush()
 
 
-def evaluate(gt_json: str, gt_folder: str, pred_json: str, pred_folder: str, metrics: Sequence[str] = METRICS,
-             num_workers: int = 0, progress: Optional[TextIO] = None) -> Dict[str, dict]:
+def evaluate(gt_json: str, gt_folder: str, pred_json: str, pred_folder: str,
+             metrics: Optional[Sequence[str]] = None, num_workers: int = 0,
+             progress: Optional[TextIO] = None) -> Dict[str, dict]:
     """Evaluates prediction files against GT files and returns the metrics dict (see PanopticEvaluator.result).
 
     Args:
+      metrics: names in the metric table (evaluation/metrics.py); None = all of them.
       num_workers: worker processes; 0 = one per CPU core.
       progress: stream for a progress bar (None = no bar).
     """
@@ -268,6 +273,9 @@ def format_table(results: Dict[str, dict]) -> str:
                      f'AP50 {100 * ap["cityscapes_AP50"]:.2f}')
     if 'miou' in results:
         lines.append(f'mIoU: {100 * results["miou"]["mIoU"]:.2f}')
+    for name in sorted(set(results) - {'pq', 'ap', 'miou'}):  # other metrics of the table: their summaries
+        scalars = metric_table.summaries({name: results[name]})
+        lines.append(f'{name}: ' + '  '.join(f'{tag.rsplit("/", 1)[-1]} {value:.4f}' for tag, value in scalars.items()))
     return '\n'.join(lines)
 
 
@@ -277,14 +285,15 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--gt_folder', required=True, help='folder of ground-truth PNGs')
     parser.add_argument('--pred_json', required=True, help='COCO panoptic prediction JSON (segments may carry score)')
     parser.add_argument('--pred_folder', required=True, help='folder of prediction PNGs')
-    parser.add_argument('--metrics', default='pq', help=f'comma-separated subset of {",".join(METRICS)}')
+    names = ','.join(metric_table.METRICS)
+    parser.add_argument('--metrics', default='pq', help=f'comma-separated subset of {names}')
     parser.add_argument('--output_json', default=None, help='where to write the results as JSON')
     parser.add_argument('--num_workers', type=int, default=0, help='worker processes (0 = one per CPU core)')
     args = parser.parse_args(argv)
     args.metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
-    bad = sorted(set(args.metrics) - set(METRICS))
+    bad = sorted(set(args.metrics) - set(metric_table.METRICS))
     if bad or not args.metrics:
-        parser.error(f'--metrics: unknown {bad}; expected a comma-separated subset of {",".join(METRICS)}')
+        parser.error(f'--metrics: unknown {bad}; expected a comma-separated subset of {names}')
     if args.num_workers < 0:
         parser.error(f'--num_workers must be >= 0; received {args.num_workers}')
     return args
@@ -297,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            args.num_workers, progress=sys.stderr)
         print(format_table(results))
         if args.output_json:
-            write_json_atomic(args.output_json, results)
+            atomic_files.write_json(args.output_json, results)
     except (ValueError, WorkerDiedError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from deeplab_axial import config_utils
 from deeplab_axial.data import dataset as dataset_lib
 from deeplab_axial.model.encoder import axial_resnet
 from deeplab_axial.protos import config_pb2
+from trainer import config_checks
 from trainer import optimizer_builder
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +142,7 @@ def test_deeplab2_style_config_parses_unchanged_with_deeplab2_defaults():
     # Our additions default to the paper's values.
     assert model.backbone.axial_span == 65
     assert model.mixed_precision_policy == 'float32'
-    config_utils.validate(config, num_replicas=8)
+    config_checks.validate(config, num_replicas=8)
 
 
 def test_field_numbers_match_deeplab2():
@@ -245,7 +246,7 @@ def test_validation_errors_name_the_fields(mutate, fields):
     config = _deeplab2_config()
     mutate(config)
     with pytest.raises(config_utils.ConfigError) as e:
-        config_utils.validate(config, num_replicas=8)
+        config_checks.validate(config, num_replicas=8)
     for text in fields:
         assert text in str(e.value)
 
@@ -269,7 +270,7 @@ def test_validation_accepts_exactly_the_values_the_code_builds(field, values):
         config.train_dataset_options.ClearField('crop_size')
         config.train_dataset_options.crop_size.extend([1025, 2049])  # k * 32 + 1: every output stride
         try:
-            config_utils.validate(config, num_replicas=8)
+            config_checks.validate(config, num_replicas=8)
         except config_utils.ConfigError as e:
             return str(e)
         return None
@@ -284,8 +285,21 @@ def test_validation_reports_all_violations_at_once():
     config.model_options.backbone.axial_span = 4
     config.trainer_options.solver_options.optimizer = 'x'
     with pytest.raises(config_utils.ConfigError) as e:
-        config_utils.validate(config)
+        config_checks.validate(config)  # the library's rules and the trainer's in one error
     assert 'axial_span' in str(e.value) and 'optimizer' in str(e.value)
+
+
+def test_the_library_leaves_the_trainers_fields_to_the_trainer():
+    """Export and prediction validate with the library's rules alone: a solver they never build does not stop them,
+    and further rules passed in are reported with the library's."""
+    config = _deeplab2_config()
+    config.trainer_options.solver_options.optimizer = 'adagrad'
+    config_utils.validate(config)
+    config.model_options.backbone.axial_span = 4
+    with pytest.raises(config_utils.ConfigError) as e:
+        config_utils.validate(config, checks=[lambda c: [f'rule of a higher layer ({c.experiment_name})']])
+    assert 'model_options.backbone.axial_span' in str(e.value) and 'rule of a higher layer (exp)' in str(e.value)
+    assert 'adagrad' not in str(e.value)
 
 
 def test_unsupported_meta_architecture_is_rejected():
@@ -345,7 +359,7 @@ def test_shipped_config_parses_and_validates(path):
     assert head == ['# proto-file: deeplab_axial/protos/config.proto', '# proto-message: ExperimentOptions']
     config = config_utils.load_config(path, params={'EXPERIMENT_NAME': 'e', 'INIT_CHECKPOINT': '/c',
                                                     'TRAIN_SET': '/t', 'VAL_SET': '/v', 'DATA_DIR': '/d'})
-    config_utils.validate(config, num_replicas=1 if 'synthetic' in path else 8)
+    config_checks.validate(config, num_replicas=1 if 'synthetic' in path else 8)
 
 
 def test_shipped_panoptic_recipes_follow_the_paper():

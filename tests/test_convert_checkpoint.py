@@ -208,11 +208,11 @@ def test_an_existing_output_is_refused(tmp_path, capsys):
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
-    from trainer import export_model
+    from deeplab_axial.inference import saved_model_export
 
     def fail(*args, **kwargs):
         raise ValueError('export failed')
-    monkeypatch.setattr(export_model, 'export', fail)
+    monkeypatch.setattr(saved_model_export, 'export', fail)
     assert run_cli('--source', 'pytorch', '--input', PYTORCH_STATE, '--config_file', PYTORCH_CONFIG,
                    '--output', tmp_path / 'out', '--saved_model') == 2
     assert os.listdir(tmp_path) == []

@@ -24,6 +24,7 @@ from deeplab_axial.data import build_coco_data
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
 from deeplab_axial.data import input_pipeline
+from deeplab_axial.data import panoptic_png
 from deeplab_axial.data import record_check
 from deeplab_axial.data import shard_writer
 
@@ -229,12 +230,12 @@ def test_a_16_bit_annotation_png_is_refused():
            + chunk(b'IDAT', zlib.compress(b''.join(b'\x00' + row.tobytes() for row in rgb))) + chunk(b'IEND', b''))
     assert Image.open(io.BytesIO(png)).mode == 'RGB'
     with pytest.raises(ValueError, match='must be 8-bit RGB .* has 16 bits per channel'):
-        data_utils.decode_panoptic_png(png)
+        panoptic_png.decode_panoptic_png(png)
 
 
 def _with_label(example, panoptic):
     changed = tf.train.Example.FromString(example.SerializeToString())
-    changed.features.feature[common.KEY_ENCODED_LABEL].bytes_list.value[0] = data_utils.encode_panoptic_png(panoptic)
+    changed.features.feature[common.KEY_ENCODED_LABEL].bytes_list.value[0] = panoptic_png.encode_panoptic_png(panoptic)
     return changed
 
 

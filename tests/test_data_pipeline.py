@@ -14,6 +14,7 @@ from deeplab_axial import common
 from deeplab_axial.data import autoaugment
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import input_pipeline
+from deeplab_axial.data import panoptic_png
 from deeplab_axial.data import preprocessing
 
 _DESCRIPTOR = dict(name='tiny', splits_to_sizes={}, num_classes=4, ignore_label=0, panoptic_label_divisor=256,
@@ -147,9 +148,9 @@ def test_panoptic_png_packing_is_bit_exact_for_large_ids():
     rng = np.random.default_rng(0)
     pan = rng.integers(0, 2 ** 24, (7, 9)).astype(np.int32)
     pan[0, 0] = 255 * 1000 + 999
-    np.testing.assert_array_equal(data_utils.decode_panoptic_png(data_utils.encode_panoptic_png(pan)), pan)
+    np.testing.assert_array_equal(panoptic_png.decode_panoptic_png(panoptic_png.encode_panoptic_png(pan)), pan)
     with pytest.raises(ValueError, match='2\\^24'):
-        data_utils.encode_panoptic_png(np.array([[2 ** 24]]))
+        panoptic_png.encode_panoptic_png(np.array([[2 ** 24]]))
 
 
 def test_policy_table_decodes_deeplab2_encoding():
@@ -283,7 +284,7 @@ def test_a_record_that_does_not_decode_is_named_by_file_and_index(tmp_path, is_t
     truncated = data_utils.create_panoptic_example(jpeg[:len(jpeg) // 2], 'jpeg', 'cut', 20, 30, pan)
     small_label = data_utils.create_panoptic_example(jpeg, 'jpeg', 'small', 20, 30, pan)
     small_label.features.feature[common.KEY_ENCODED_LABEL].bytes_list.value[0] = (
-        data_utils.encode_panoptic_png(pan[:19]))  # as another converter might have written it
+        panoptic_png.encode_panoptic_png(pan[:19]))  # as another converter might have written it
     _write_records_with_bad(str(tmp_path / 'train-b.tfrecord'), 2, truncated)
     _write_records_with_bad(str(tmp_path / 'train-c.tfrecord'), 1, small_label)
     for name, index in (('train-b.tfrecord', 2), ('train-c.tfrecord', 1)):

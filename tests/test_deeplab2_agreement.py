@@ -18,8 +18,8 @@ from google.protobuf import text_format
 from deeplab2_fingerprints import fingerprint_errors
 from deeplab_axial import common, config_utils
 from deeplab_axial.data import dataset, preprocessing, targets
-from deeplab_axial.inference import model_loader
-from deeplab_axial.model import builder, inference, registry
+from deeplab_axial.inference import inference_path, model_loader
+from deeplab_axial.model import builder, registry
 from deeplab_axial.model.deeplab2_checkpoint import (DEEPLAB2_LAYOUT, deeplab2_key, load_deeplab2_checkpoint,
                                                     readable_items)
 from deeplab_axial.model.loss.panoptic_deeplab_loss import PanopticDeepLabLoss
@@ -282,7 +282,7 @@ def test_resizing_matches_deeplab2():
         np.testing.assert_allclose(scaled[0], data[f'{name}_image'], atol=1e-3)
         np.testing.assert_array_equal(scaled[1], data[f'{name}_label'])
     # Back to the image size after evaluation (deeplab2's undo_preprocessing): crop the valid region, align corners.
-    restored = inference.restore_to_image_size(
+    restored = inference_path.restore_to_image_size(
         {common.PRED_PANOPTIC_KEY: tf.constant(data['undo_panoptic_pred']),
          common.PRED_SEMANTIC_PROBS_KEY: tf.constant(data['undo_semantic_probs'])}, [9, 13], [25, 37])
     np.testing.assert_array_equal(restored[common.PRED_PANOPTIC_KEY], data['undone_panoptic_pred'])

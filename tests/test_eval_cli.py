@@ -17,7 +17,7 @@ from PIL import Image
 
 from deeplab_axial.data import dataset
 from evaluation import evaluate as cli
-from deeplab_axial.data.panoptic_ids import id_to_rgb
+from deeplab_axial.data.panoptic_png import id_to_rgb
 from evaluation.synthetic_panoptic import random_panoptic_pair, write_panoptic_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,15 +181,16 @@ def _corrupt_16_bit_gt(paths):
     (_corrupt_category, r'Image 1 .*unknown category_id 999'),
     (_corrupt_duplicate_image, r'prediction JSON .*image id 1 appears twice'),
     (_corrupt_duplicate_gt_image, r'ground truth JSON .*image id 1 appears twice'),
-    (_corrupt_rgba, r'Image 1 .*mode .RGBA.*must be RGB'),
-    (_corrupt_grey, r"Image 1 .*mode 'L'.*must be RGB"),
+    (_corrupt_rgba, r"Image 1 .*must be 8-bit RGB .*; this is a PNG of mode 'RGBA'"),
+    (_corrupt_grey, r"Image 1 .*must be 8-bit RGB .*; this is a PNG of mode 'L'"),
     (_corrupt_no_prediction, r'Image 1: no prediction'),
     (_corrupt_gt_id_not_in_json, r'Image 1 .*segment ids \[777\] are in the ground truth PNG but not in its JSON'),
     (_corrupt_segment_not_object, r"Image 1 \(prediction\): a segments_info entry is not an object: sky"),
     (_corrupt_segment_id_type, r"Image 1 \(prediction\): segment '7' has id '7'; expected an integer"),
     (_corrupt_gt_area_type, r'Image 1 \(ground truth\): segment \d+ has area \[3\]; expected a number'),
     (_corrupt_segments_info_type, r"Image 1 \(ground truth\): segments_info is not a list: \{'id': 1\}"),
-    (_corrupt_16_bit_gt, r'Image 1 .*ground truth: PNG .* has 16 bits per channel; a panoptic PNG must be 8-bit RGB'),
+    (_corrupt_16_bit_gt,
+     r'Image 1 .*ground truth: PNG .*: a panoptic PNG must be 8-bit RGB .*; this one has 16 bits per channel'),
 ])
 def test_bad_input_stops_with_named_error_and_no_output(panoptic_set, tmp_path, corrupt, message):
     corrupt(panoptic_set)

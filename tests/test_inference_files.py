@@ -1,13 +1,9 @@
-"""Tests of inference file handling: input discovery, decoding to RGB, whole-file writes."""
-
-import errno
-import os
+"""Tests of inference file handling: input discovery and decoding to RGB."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_axial import io_errors
 from deeplab_axial.inference import files
 
 
@@ -44,40 +40,6 @@ def test_read_image_gives_rgb_for_grey_and_rgba_and_rejects_other_formats(tmp_pa
     assert files.image_size(str(tmp_path / 'rgba.png')) == (3, 4)
     with pytest.raises(ValueError, match='JPEG or PNG'):
         files.read_image(str(tmp_path / 'grey.bmp'))
-
-
-def test_write_atomically_leaves_nothing_when_the_writer_fails(tmp_path):
-    target = tmp_path / 'out' / 'x.png'
-
-    def failing(f):
-        f.write(b'half')
-        raise RuntimeError('broken encoder')
-
-    def disk_full(f):
-        f.write(b'half')
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a write on a full disk raises: no path
-
-    with pytest.raises(RuntimeError):
-        files.write_atomically(str(target), failing)
-    with pytest.raises(OSError) as raised:
-        files.write_atomically(str(target), disk_full)
-    assert io_errors.user_io_message(raised.value) == f'{target}: No space left on device'
-    assert os.listdir(tmp_path / 'out') == []
-    files.save_png(str(target), np.zeros((2, 3, 3), np.uint8))
-    assert Image.open(target).size == (3, 2) and os.listdir(tmp_path / 'out') == ['x.png']
-
-
-@pytest.mark.parametrize('umask', [0o022, 0o002])
-def test_written_files_take_the_umask_mode(tmp_path, umask):
-    """mkstemp made every output 0600, unreadable by teammates whatever their umask allowed."""
-    previous = os.umask(umask)
-    try:
-        files.save_text(str(tmp_path / 'a.txt'), 'x')
-        files.save_png(str(tmp_path / 'b.png'), np.zeros((2, 2), np.uint8))
-    finally:
-        os.umask(previous)
-    for name in ('a.txt', 'b.png'):
-        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_jpeg_pixels_are_those_of_the_input_pipeline_decoder(tmp_path):

@@ -157,7 +157,7 @@ def test_build_optimizer_dispatch(name, lookahead, cls):
 
 
 def test_every_listed_optimizer_and_learning_policy_builds_and_others_are_named():
-    # The tables config_utils validates against: each value must build, anything else fails naming the table.
+    # The tables config_checks validates against: each value must build, anything else fails naming the table.
     for name in optimizer_builder.OPTIMIZERS:
         assert isinstance(optimizer_builder.build_optimizer(_solver(optimizer=name)), keras.optimizers.Optimizer)
     for policy in optimizer_builder.LEARNING_POLICIES:

@@ -9,7 +9,7 @@ import tensorflow as tf
 from deeplab_axial import common
 from deeplab_axial import config_utils
 from deeplab_axial.data.dataset import DatasetDescriptor
-from deeplab_axial.model import inference
+from deeplab_axial.inference import inference_path
 from deeplab_axial.model.loss.classification_loss import classification_loss
 from deeplab_axial.protos import config_pb2
 from trainer import eval_results
@@ -63,8 +63,8 @@ class ClassificationEval:
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        return {common.PRED_LOGITS_KEY: inference.classification_logits(self._model, images, self._scales,
-                                                                        self._flip)}
+        return {common.PRED_LOGITS_KEY: inference_path.classification_logits(self._model, images, self._scales,
+                                                                             self._flip)}
 
     def reset(self) -> None:
         self._top1 = self._top5 = self._count = 0

@@ -25,7 +25,7 @@ from deeplab_axial.protos import trainer_pb2
 
 _KERNEL_PATTERN = re.compile(r'kernel(:\d+)?$')
 # The values this module builds for SolverOptions.optimizer, SolverOptions.learning_policy and
-# ModelOptions.mixed_precision_policy; `config_utils.validate` checks configs against them.
+# ModelOptions.mixed_precision_policy; `config_checks.validate` checks configs against them.
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'radam')
 LEARNING_POLICIES = ('poly', 'cosine')
 PRECISION_POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')

@@ -1,7 +1,7 @@
 """Panoptic evaluation inside training and standalone (the controller's Evaluator for panoptic tasks).
 
 Per eval batch (any batch size, all replicas, `trainer/replica_eval.py`): the model and Panoptic-DeepLab
-post-processing run through the shared `deeplab_axial.model.inference.panoptic_predictions` (the path export and
+post-processing run through the shared `inference_path.panoptic_predictions` (the path export and
 predict use; with evaluator_options.eval_scales / add_flipped_images it averages the raw outputs over the rescaled
 and mirrored batch first, as deeplab2's evaluator does), then per example `restore_to_image_size` crops the
 prediction to `size_resized` and resizes it to `size_raw`, and `evaluation.PanopticEvaluator` compares it with the
@@ -22,9 +22,10 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial import vis
+from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data.dataset import DatasetDescriptor
-from deeplab_axial.model import inference
-from evaluation import coco_panoptic_format
+from deeplab_axial.inference import inference_path
+from evaluation import metrics as metric_table
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from trainer import eval_results
 from trainer import replica_eval
@@ -32,23 +33,6 @@ from trainer import replica_eval
 PREDICTIONS_DIR = 'predictions'
 PREDICTIONS_NAME = 'panoptic_pred'
 _PRED_KEYS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, common.PRED_INSTANCE_SCORES_KEY)
-
-
-def flatten_results(results: Dict[str, dict]) -> Dict[str, float]:
-    """evaluation.PanopticEvaluator results -> deeplab2's summary names (values in [0, 1])."""
-    flat = {}
-    if 'pq' in results:
-        for part, suffix in (('All', ''), ('Things', '_Things'), ('Stuff', '_Stuff')):
-            for metric in ('pq', 'sq', 'rq'):
-                flat[f'evaluation/pq/{metric.upper()}{suffix}'] = results['pq'][part][metric]
-    if 'ap' in results:
-        ap = results['ap']
-        flat['evaluation/ap/AP_Mask'] = ap['AP']
-        flat['evaluation/ap/AP50_Mask'] = ap['AP50']
-        flat['evaluation/ap/AP75_Mask'] = ap['AP75']
-    if 'miou' in results:
-        flat['evaluation/iou/IoU'] = results['miou']['mIoU']
-    return flat
 
 
 def _image_id(name: str):
@@ -70,7 +54,7 @@ class PanopticEval:
       global_step: the controller's step variable (names the pass in files and summaries).
       save_predictions: also write COCO panoptic PNGs + JSON of every prediction.
       num_vis_samples: rendered predictions per pass in the eval summaries.
-      metrics: any of 'pq', 'ap', 'miou'.
+      metrics: names in the metric table (evaluation/metrics.py).
       scales: input scales whose raw outputs are averaged before post-processing (evaluator_options.eval_scales).
       flip: also average over horizontally flipped images (evaluator_options.add_flipped_images).
     """
@@ -102,8 +86,8 @@ class PanopticEval:
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        predictions = inference.panoptic_predictions(self._model, self._post_processor, images, self._scales,
-                                                     self._flip)
+        predictions = inference_path.panoptic_predictions(self._model, self._post_processor, images, self._scales,
+                                                          self._flip)
         return {k: predictions[k] for k in _PRED_KEYS}
 
     def reset(self) -> None:
@@ -125,7 +109,7 @@ class PanopticEval:
             height, width = sizes_raw[i]
             example = {k: tf.convert_to_tensor(v[i]) for k, v in predictions.items()}
             restored = {k: np.asarray(v) for k, v in
-                        inference.restore_to_image_size(example, sizes_resized[i], sizes_raw[i]).items()}
+                        inference_path.restore_to_image_size(example, sizes_resized[i], sizes_raw[i]).items()}
             self._evaluator.update(panoptic_raw[i, :height, :width], restored[common.PRED_PANOPTIC_KEY],
                                    restored[common.PRED_INSTANCE_SCORES_KEY], [name],
                                    restored[common.PRED_SEMANTIC_KEY])
@@ -143,7 +127,7 @@ class PanopticEval:
 
     def result(self) -> Dict[str, float]:
         details = self._evaluator.result()
-        metrics = flatten_results(details)
+        metrics = metric_table.summaries(details)
         step = int(self._global_step.numpy())
         eval_results.write_eval_results(self._experiment_dir, step, metrics,
                                         {k: {n: v for n, v in d.items() if n != 'per_class'}

@@ -20,6 +20,7 @@ from google.protobuf import text_format
 from deeplab_axial import common
 from deeplab_axial import config_utils
 from deeplab_axial.protos import config_pb2
+from trainer import config_checks
 from trainer import distribution_utils
 from trainer import optimizer_builder
 
@@ -59,7 +60,7 @@ def prepare_experiment(config_file: str, mode: str, model_dir: str, master: Opti
     if not config.experiment_name:
         raise config_utils.ConfigError(f'{config_file}: experiment_name must be set')
     strategy = distribution_utils.create_strategy(master, num_gpus)
-    config_utils.validate(config, num_replicas=strategy.num_replicas_in_sync)
+    config_checks.validate(config, num_replicas=strategy.num_replicas_in_sync)
     optimizer_builder.set_mixed_precision_policy(config.model_options.mixed_precision_policy)
     experiment_dir = os.path.join(model_dir, config.experiment_name)
     tf.io.gfile.makedirs(experiment_dir)

@@ -30,13 +30,15 @@ from deeplab_axial.model import registry
 from deeplab_axial.protos import config_pb2
 from trainer import checkpoint_utils
 from trainer import classification_task
+from trainer import config_checks
 from trainer import controller as controller_lib
 from trainer import data_options
 from trainer import optimizer_builder
 from trainer import panoptic_task
 from trainer import train_step
+from trainer.task import Task
 
-_TASKS = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
+_TASKS: Dict[str, Task] = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
 _TRAIN_MODES = (common.MODE_TRAIN, common.MODE_TRAIN_AND_EVAL)
 _MODES = _TRAIN_MODES + (common.MODE_EVAL, common.MODE_CONTINUOUS_EVAL)
 
@@ -74,7 +76,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
     """
     if mode not in _MODES:
         raise ValueError(f'mode must be one of {_MODES}. Received: {mode!r}')
-    descriptors = config_utils.validate(config, num_replicas=strategy.num_replicas_in_sync)
+    descriptors = config_checks.validate(config, num_replicas=strategy.num_replicas_in_sync)
     training = mode in _TRAIN_MODES
     evaluating = mode != common.MODE_TRAIN
     for needed, key, field in ((training, 'train', 'train_dataset_options'),
@@ -134,7 +136,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
 
 
 def _training_setup(config: config_pb2.ExperimentOptions, descriptor, strategy: tf.distribute.Strategy,
-                    model: keras.Model, task, items: dict, seed: Optional[int]) -> dict:
+                    model: keras.Model, task: Task, items: dict, seed: Optional[int]) -> dict:
     """Optimizer(s), train step, train dataset and init_fn (inside strategy.scope()); adds optimizers to items."""
     solver = config.trainer_options.solver_options
     policy = config.model_options.mixed_precision_policy or 'float32'

@@ -33,6 +33,7 @@ import tensorflow as tf
 from deeplab_axial import io_errors
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
+from deeplab_axial.data import panoptic_png
 from deeplab_axial.data import record_check
 from deeplab_axial.data import shard_writer
 
@@ -90,7 +91,7 @@ def panoptic_label_from_png(png_path: str, segments_info: Sequence[dict], id_map
     with tf.io.gfile.GFile(png_path, 'rb') as f:
         data = f.read()
     try:
-        segment_ids = data_utils.decode_panoptic_png(data)
+        segment_ids = panoptic_png.decode_panoptic_png(data)
     except ValueError as e:
         raise ValueError(f'Panoptic PNG {png_path}: {e}') from None
     present = set(np.unique(segment_ids).tolist()) - {0}

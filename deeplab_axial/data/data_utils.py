@@ -3,8 +3,9 @@
 Keys follow deeplab2 (`common.KEY_*`). Panoptic labels are NOT stored as raw int32 bytes (deeplab2's 'raw' format
 made a 7 GB dataset 200 GB, deeplab2 issue #84): the panoptic id map is packed into an 8-bit RGB PNG as
 id = R + 256 * G + 65536 * B (the packing COCO and Cityscapes panoptic PNGs use), format string
-`PANOPTIC_PNG_FORMAT`. This holds any id below 2^24 (Cityscapes' void 255 * 1000 included), compresses like the
-source PNGs, and decodes back bit-exactly. Records written by deeplab2 (format 'raw') are still readable.
+`PANOPTIC_PNG_FORMAT` (`panoptic_png.encode_panoptic_png`). This holds any id below 2^24 (Cityscapes' void
+255 * 1000 included), compresses like the source PNGs, and decodes back bit-exactly. Records written by deeplab2
+(format 'raw') are still readable.
 """
 
 import io
@@ -16,37 +17,11 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial import io_errors
-from deeplab_axial.data.panoptic_ids import id_to_rgb, rgb_to_id
+from deeplab_axial.data.panoptic_png import encode_panoptic_png
 
 # Label format values of `common.KEY_LABEL_FORMAT`.
 PANOPTIC_PNG_FORMAT = 'panoptic_rgb_png'
 RAW_INT32_FORMAT = 'raw'
-
-
-def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
-    """Encodes a [H, W] panoptic map (semantic * divisor + instance) as an RGB-packed PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(id_to_rgb(panoptic), mode='RGB').save(buf, format='PNG', compress_level=6)
-    return buf.getvalue()
-
-
-def decode_panoptic_png(data: bytes) -> np.ndarray:
-    """Inverse of `encode_panoptic_png`: PNG bytes -> [H, W] int32, every pixel decoded.
-
-    Raises:
-      ValueError: the bytes are not a complete 8-bit RGB PNG (the caller names the file).
-    """
-    if data[12:16] == b'IHDR' and data[25:26] == b'\x02' and data[24] != 8:  # Pillow reads 16-bit RGB as 8-bit
-        raise ValueError(f'a panoptic PNG must be 8-bit RGB (id = R + 256 * G + 65536 * B); this one has {data[24]} '
-                         'bits per channel')
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != 'PNG' or im.mode != 'RGB':
-                raise ValueError(f'a panoptic PNG must be 8-bit RGB (id = R + 256 * G + 65536 * B); this is a '
-                                 f'{im.format} of mode {im.mode!r}')
-            return rgb_to_id(np.asarray(im))
-    except (OSError, SyntaxError) as e:  # Pillow's errors for a truncated or damaged file
-        raise ValueError(f'not a readable PNG: {e}') from None
 
 
 def check_image_decodes(data: bytes, height: int, width: int, name: str) -> None:

@@ -1,4 +1,4 @@
-"""Input discovery, image decoding and whole-file writes for inference."""
+"""Input discovery and image decoding for inference."""
 
 import glob
 import os
@@ -7,8 +7,6 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-
-from evaluation.coco_panoptic_format import write_atomically
 
 
 def list_inputs(path_or_glob: str) -> List[str]:
@@ -58,12 +56,3 @@ def read_image(path: str) -> np.ndarray:
         data = f.read()
     return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
 
-
-def save_png(path: str, array: np.ndarray) -> None:
-    """Writes a uint8 [height, width] or [height, width, 3] array as PNG, whole or not at all."""
-    write_atomically(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
-
-
-def save_text(path: str, text: str) -> None:
-    """Writes a text file, whole or not at all."""
-    write_atomically(path, lambda f: f.write(text.encode('utf-8')))

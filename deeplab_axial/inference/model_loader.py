@@ -41,7 +41,7 @@ class InferenceModel:
       model_name: registry name (model_options.backbone.name).
       input_size: (height, width) the model was built for: eval_dataset_options.crop_size.
       resize_options: eval_dataset_options' resize-to-range (`min_resize_value`, `max_resize_value`,
-        `resize_factor`; 0 = off), keyword arguments of `deeplab_axial.model.inference.fit_to_input_size`.
+        `resize_factor`; 0 = off), keyword arguments of `inference_path.fit_to_input_size`.
       checkpoint_path: the checkpoint prefix that was restored.
       scales: evaluator_options.eval_scales ((1.0,) when empty): the input scales inference averages over.
       flip: evaluator_options.add_flipped_images: inference also averages over mirrored inputs.

@@ -15,10 +15,9 @@ import keras
 import tensorflow as tf
 
 from deeplab_axial import common
-from deeplab_axial.model.decoder.panoptic_deeplab import (InstanceLastLayers, PanopticDeepLabDecoder,
-                                                          prediction_conv, resize_align_corners,
-                                                          resize_offsets_align_corners)
+from deeplab_axial.model.decoder.panoptic_deeplab import InstanceLastLayers, PanopticDeepLabDecoder, prediction_conv
 from deeplab_axial.model.encoder.base import Encoder
+from deeplab_axial.resize import resize_align_corners, resize_offsets_align_corners
 
 EncoderArg = Union[Encoder, dict]
 

@@ -15,7 +15,7 @@ our checkpoint `ckpt-0` of those items and a global step of 0, with the `checkpo
 reads plainly wherever a checkpoint is read: `model_options.initial_checkpoint`, `trainer.train --mode=eval
 --model_dir=PARENT` with the experiment name OUT_DIR's base name, `trainer.export_model --checkpoint_path`,
 `deeplab_axial.predict --checkpoint`. With --saved_model, OUT_DIR is instead the SavedModel of the model
-(trainer.export_model's export, from a temporary checkpoint). OUT_DIR must not exist, or be empty; it is written
+(`saved_model_export.export`, from a temporary checkpoint). OUT_DIR must not exist, or be empty; it is written
 under a temporary name beside it and renamed when complete. Errors are one line naming the flag or file (exit 2).
 """
 
@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from deeplab_axial import common, config_utils  # noqa: E402
-from deeplab_axial.inference import model_loader  # noqa: E402
+from deeplab_axial.inference import model_loader, saved_model_export  # noqa: E402
 from deeplab_axial.model import builder, deeplab2_checkpoint, pytorch_checkpoint  # noqa: E402
 from deeplab_axial.protos import config_pb2  # noqa: E402
 
@@ -125,8 +125,7 @@ def convert(source: str, input_path: str, config_file: str, output: str, saved_m
         staged = os.path.join(work, 'checkpoint')
         prefix = write_checkpoint(items, staged)
         if saved_model:
-            from trainer import export_model  # pylint: disable=import-outside-toplevel
-            export_model.export(config, prefix, os.path.join(work, 'saved_model'))
+            saved_model_export.export(config, prefix, os.path.join(work, 'saved_model'))
             staged = os.path.join(work, 'saved_model')
         if os.path.isdir(output):  # empty (checked above)
             os.rmdir(output)

@@ -12,7 +12,7 @@ from typing import List, Sequence
 import keras
 import tensorflow as tf
 
-from deeplab_axial.model.decoder.panoptic_deeplab import resize_align_corners
+from deeplab_axial.resize import resize_align_corners
 from deeplab_axial.model.layers import activations
 from deeplab_axial.model.layers.convolutions import ConvBN
 

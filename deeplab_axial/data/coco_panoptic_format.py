@@ -3,195 +3,24 @@
 The reader checks what the official tools check (and a little more), so bad files stop with an error that names the
 image and the problem. The writer turns the in-memory convention (panoptic = class * divisor + instance, void =
 ignore_label class, thing with instance 0 = crowd) into this format; every file is written to a temporary name and
-renamed, so an interrupted run never leaves a file that looks complete.
-
-PNGs are decoded with libspng (the optional `pyspng` package) when it is installed, about 2.5x faster than Pillow
-for these files; every other case (no pyspng, a PNG that is not 8-bit RGB) goes through Pillow, with the same result.
-Most of either decoder's time is inflating the image data with the stock zlib, which is slow on the long distance-3
-matches that flat id maps compress to (2.9 ms of pyspng's 3.1 ms for a 512x1024 PNG). With the optional `zlib-ng`
-package, a plain 8-bit RGB file is inflated by zlib-ng instead (0.1 ms) and handed to the decoder as the same PNG with
-its data in stored (uncompressed) deflate blocks, so the decoder only copies and unfilters: about 1 ms per PNG with
-pyspng in an evaluation worker. Files that check does not accept go to the decoder untouched.
+renamed (`atomic_files`), so an interrupted run never leaves a file that looks complete. The PNGs are encoded and
+decoded by `panoptic_png`. Evaluation, prediction and the trainer's saved predictions read and write through these
+two modules, the converters read their PNGs with `panoptic_png` too.
 """
 
-import io
 import json
 import os
-import secrets
-import struct
-import sys
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
-try:
-    import pyspng
-except ImportError:
-    pyspng = None
-try:
-    from zlib_ng import zlib_ng
-except ImportError:
-    zlib_ng = None
-
-from deeplab_axial import io_errors
+from deeplab_axial import atomic_files
 from deeplab_axial.data.dataset import DatasetDescriptor
-from deeplab_axial.data.panoptic_ids import MAX_PACKED_ID, id_to_rgb
+from deeplab_axial.data.panoptic_png import MAX_PACKED_ID, write_panoptic_png
 
 # Segment id 0 is void in both COCO and Cityscapes panoptic PNGs.
 VOID_ID = 0
 MAX_SEGMENT_ID = MAX_PACKED_ID
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
-
-def read_panoptic_png(path: str, image_name: str = '') -> np.ndarray:
-    """Reads a COCO panoptic PNG as [height, width] uint32 segment ids.
-
-    Raises:
-      ValueError: the file is missing, unreadable or not an RGB image.
-    """
-    label = image_name or path
-    if not os.path.isfile(path):
-        raise ValueError(f'Image {label}: PNG file {path} does not exist')
-    with open(path, 'rb') as f:
-        data = f.read()
-    if data[:8] == _PNG_SIGNATURE and data[12:16] == b'IHDR' and data[25:26] == b'\x02' and data[24] != 8:
-        raise ValueError(f'Image {label}: PNG {path} has {data[24]} bits per channel; a panoptic PNG must be 8-bit '
-                         'RGB (id = R + 256 * G + 65536 * B)')
-    stored = None
-    if _is_rgb8_png(data):
-        if zlib_ng is not None:
-            stored = _with_stored_image_data(data)
-        if pyspng is not None and sys.byteorder == 'little':
-            try:
-                rgba = pyspng.load(stored or data, 'RGBA')
-            except RuntimeError as e:
-                raise ValueError(f'Image {label}: cannot decode PNG {path}: {e}') from None
-            # R, G, B, A bytes read as a little-endian uint32, alpha masked: R + 256 * G + 65536 * B in one pass.
-            ids = rgba.view(np.uint32)[..., 0]
-            ids &= np.uint32(0xFFFFFF)
-            return ids
-    # Pillow reads the file itself unless there is a stored-data copy, so that its messages name the file.
-    return _read_panoptic_png_pillow(io.BytesIO(stored) if stored else path, path, label)
-
-
-def _is_rgb8_png(data: bytes) -> bool:
-    """Whether the IHDR chunk (always first) declares 8-bit truecolor without alpha, i.e. Pillow's mode 'RGB'."""
-    return data[:8] == _PNG_SIGNATURE and data[12:16] == b'IHDR' and data[24:26] == b'\x08\x02'
-
-
-_IEND_CHUNK = b'\x00\x00\x00\x00IEND\xaeB`\x82'
-
-
-def _with_stored_image_data(data: bytes) -> Optional[bytes]:
-    """The same 8-bit RGB PNG with its IDAT data inflated by zlib-ng and re-deflated as stored (uncompressed) blocks.
-
-    Only the header, the image data and the end survive (ancillary chunks do not change RGB pixel values). The
-    filtered scanlines are kept as they are, so the decoder still does the unfiltering and every check on them.
-
-    Returns:
-      The new PNG bytes, or None for a file this does not handle (interlaced, an unexpected critical chunk, a bad
-      CRC, size or zlib stream, no IEND): the caller then decodes the original bytes and reports what its decoder finds.
-    """
-    if len(data) < 33 or data[8:12] != b'\x00\x00\x00\x0d':
-        return None
-    width, height, _, _, compression, filtering, interlace = struct.unpack('>IIBBBBB', data[16:29])
-    if compression or filtering or interlace or not width or not height:
-        return None
-    idat, idat_ended, pos = [], False, 8
-    while True:
-        if pos + 12 > len(data):
-            return None  # no IEND
-        length, kind = struct.unpack('>I4s', data[pos:pos + 8])
-        end = pos + 12 + length
-        if end > len(data) or zlib_ng.crc32(data[pos + 4:end - 4]) != struct.unpack('>I', data[end - 4:end])[0]:
-            return None
-        if kind == b'IEND':
-            break
-        if kind == b'IDAT':
-            if idat_ended:
-                return None  # IDAT chunks must be consecutive
-            idat.append(data[pos + 8:end - 4])
-        elif not kind.isalpha() or (kind[0] < ord('a') and not (kind == b'IHDR' and pos == 8
-                                                                 or kind == b'PLTE' and not idat)):
-            return None  # a malformed chunk type, or a critical chunk this check does not expect there
-        else:
-            idat_ended = bool(idat)
-        pos = end
-    raw_size = height * (1 + 3 * width)
-    inflater = zlib_ng.decompressobj()
-    try:
-        raw = inflater.decompress(b''.join(idat), raw_size + 1)
-    except zlib_ng.error:
-        return None
-    if len(raw) != raw_size or not inflater.eof or inflater.unused_data:
-        return None
-    # A zlib stream of stored deflate blocks (at most 65535 bytes each) written as views of `raw`, so that the only
-    # copy is the final join: every fresh megabyte costs page faults.
-    view, stream = memoryview(raw), [b'\x78\x01']
-    for start in range(0, raw_size, 65535):
-        block = view[start:start + 65535]
-        stream += [struct.pack('<BHH', start + 65535 >= raw_size, len(block), len(block) ^ 0xFFFF), block]
-    stream.append(struct.pack('>I', zlib_ng.adler32(raw)))
-    crc = zlib_ng.crc32(b'IDAT')
-    for piece in stream:
-        crc = zlib_ng.crc32(piece, crc)
-    length = sum(len(piece) for piece in stream)
-    return b''.join([data[:33], struct.pack('>I', length), b'IDAT', *stream, struct.pack('>I', crc), _IEND_CHUNK])
-
-
-def _read_panoptic_png_pillow(source: Union[str, io.BytesIO], path: str, label: str) -> np.ndarray:
-    try:
-        with Image.open(source) as image:
-            if image.mode != 'RGB':
-                raise ValueError(f'Image {label}: PNG {path} has mode {image.mode!r}; a panoptic PNG must be RGB '
-                                 '(id = R + 256 * G + 65536 * B)')
-            image.load()
-            # Pillow keeps RGB pixels as 4 bytes (R, G, B, pad): reading them as little-endian uint32 and masking
-            # the pad byte gives R + 256 * G + 65536 * B without repacking to 3 bytes.
-            packed = np.frombuffer(image.tobytes('raw', 'RGBX'), dtype='<u4').reshape(image.height, image.width)
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f'Image {label}: cannot decode PNG {path}: {e}') from None
-    return packed & np.uint32(0xFFFFFF)
-
-
-def write_atomically(path: str, write_fn) -> None:
-    """Calls `write_fn(f)` on a binary temporary file beside `path`, then renames it to `path`.
-
-    A reader never sees a partial file under the final name; on failure the temporary file is removed. The file gets
-    the mode the user's umask gives a new file (as `open` would), so teammates read it where the umask lets them. An
-    OSError (a full disk, a missing permission) names `path`.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = _create_hidden_temp(directory, os.path.basename(path))
-        with os.fdopen(fd, 'wb') as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise io_errors.with_path(e, path) from e
-        raise
-
-
-def _create_hidden_temp(directory: str, name: str) -> Tuple[int, str]:
-    """Opens a new file `.{name}.{random}.tmp` in `directory` for writing, mode 0o666 less the umask (mkstemp would
-    make it 0o600, and the mode survives the rename)."""
-    while True:
-        tmp = os.path.join(directory, f'.{name}.{secrets.token_hex(4)}.tmp')
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def write_json_atomic(path: str, data) -> None:
-    """Writes `data` as JSON to `path` through a temporary file and a rename."""
-    write_atomically(path, lambda f: f.write(json.dumps(data).encode('utf-8')))
 
 
 def categories_from_descriptor(descriptor: DatasetDescriptor) -> List[dict]:
@@ -273,8 +102,7 @@ def write_coco_panoptic(panoptic: np.ndarray, descriptor: DatasetDescriptor, png
       {'image_id', 'file_name', 'segments_info'}, ready for `write_panoptic_json`.
     """
     ids, segments = panoptic_to_segments(panoptic, descriptor, instance_scores)
-    image = Image.fromarray(id_to_rgb(ids), mode='RGB')
-    write_atomically(png_path, lambda f: image.save(f, format='PNG'))
+    write_panoptic_png(png_path, ids)
     return {'image_id': image_id, 'file_name': os.path.basename(png_path), 'segments_info': segments}
 
 
@@ -284,7 +112,7 @@ def write_panoptic_json(path: str, annotations: Sequence[dict], categories: Sequ
     if images is None:
         images = [{'id': a['image_id'], 'file_name': os.path.splitext(a['file_name'])[0] + '.jpg'}
                   for a in annotations]
-    write_json_atomic(path, {'images': list(images), 'annotations': list(annotations),
+    atomic_files.write_json(path, {'images': list(images), 'annotations': list(annotations),
                              'categories': list(categories)})
 
 
