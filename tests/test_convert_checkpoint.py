@@ -88,20 +88,21 @@ def test_pytorch_saved_model_serves_what_the_checkpoint_path_predicts(tmp_path, 
                                    atol=1e-6)
 
 
-def _deeplab2_config_text(tmp_path) -> str:
-    """Our Cityscapes Axial-DeepLab-S config with the fixture's model options, deeplab2's layout, 33x49 eval."""
+def _fixture_config(tmp_path, folder: str, config_name: str, crop_size) -> str:
+    """A shipped Cityscapes config with a deeplab2 fixture's model options (reduced widths) and eval crop size,
+    written to tmp_path; returns its path."""
     config = config_utils.load_config(
-        os.path.join(_REPO, 'configs', 'cityscapes', 'axial_deeplab', 'axial_deeplab_s_os16.textproto'),
-        allow_unfilled=True)
+        os.path.join(_REPO, 'configs', 'cityscapes', 'axial_deeplab', f'{config_name}.textproto'), allow_unfilled=True)
     options = config.model_options
     for field in ('backbone', 'decoder', 'panoptic_deeplab'):
         options.ClearField(field)
-    with open(os.path.join(_DEEPLAB2, 'model_options.textproto')) as f:
+    with open(os.path.join(folder, 'model_options.textproto')) as f:
         text_format.Parse(f.read(), options)
-    options.backbone.deeplab2_layout = True
-    options.backbone.axial_span = 0  # global attention, as deeplab2
-    config.eval_dataset_options.crop_size[:] = [33, 49]
-    path = tmp_path / 'axial_deeplab_s_fixture.textproto'
+    if options.backbone.name == 'axial_deeplab_s':
+        options.backbone.deeplab2_layout = True
+        options.backbone.axial_span = 0  # global attention, as deeplab2
+    config.eval_dataset_options.crop_size[:] = list(crop_size)
+    path = tmp_path / f'{config_name}_fixture.textproto'
     path.write_text(text_format.MessageToString(config))
     return str(path)
 
@@ -111,7 +112,7 @@ def test_deeplab2_conversion_reads_plainly_everywhere(tmp_path):
     """The converted deeplab2 checkpoint is one of ours: model_loader and initial_checkpoint read it without the
     deeplab2 mapping, and the SavedModel serves what the checkpoint path predicts."""
     expected = np.load(os.path.join(_DEEPLAB2, 'outputs.npz'))
-    config_file = _deeplab2_config_text(tmp_path)
+    config_file = _fixture_config(tmp_path, _DEEPLAB2, 'axial_deeplab_s_os16', [33, 49])
     checkpoint, saved_model = tmp_path / 'ckpt', tmp_path / 'export'
     prefix = os.path.join(_DEEPLAB2, 'ckpt-1')
     assert run_cli('--source', 'deeplab2', '--input', prefix, '--config_file', config_file, '--output',
@@ -157,20 +158,10 @@ def test_deeplab2_family_conversion_reads_through_the_model_loader(tmp_path, fix
     fields at the fixture's widths, reads through the model loader with deeplab2's outputs."""
     folder = os.path.join(_REPO, 'tests', 'data', 'deeplab2', fixture)
     expected = np.load(os.path.join(folder, 'outputs.npz'))
-    config = config_utils.load_config(
-        os.path.join(_REPO, 'configs', 'cityscapes', 'axial_deeplab', f'{config_name}.textproto'),
-        allow_unfilled=True)
-    options = config.model_options
-    for field in ('backbone', 'decoder', 'panoptic_deeplab'):
-        options.ClearField(field)
-    with open(os.path.join(folder, 'model_options.textproto')) as f:
-        text_format.Parse(f.read(), options)
-    config.eval_dataset_options.crop_size[:] = list(expected['images'].shape[1:3])
-    config_file = tmp_path / 'config.textproto'
-    config_file.write_text(text_format.MessageToString(config))
+    config_file = _fixture_config(tmp_path, folder, config_name, expected['images'].shape[1:3])
     assert run_cli('--source', 'deeplab2', '--input', os.path.join(folder, 'ckpt-1'), '--config_file', config_file,
                    '--output', tmp_path / 'ckpt') == 0
-    loaded = model_loader.load_model(model_loader.load_config(str(config_file)), str(tmp_path / 'ckpt'))
+    loaded = model_loader.load_model(model_loader.load_config(config_file), str(tmp_path / 'ckpt'))
     outputs = loaded.model(tf.constant(expected['images']), training=False)
     for key in (common.PRED_SEMANTIC_LOGITS_KEY, common.PRED_CENTER_HEATMAP_KEY, common.PRED_OFFSET_MAP_KEY):
         assert relative_error(outputs[key], expected[key]) < DEEPLAB2_TOLERANCE, key
