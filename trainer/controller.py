@@ -162,9 +162,14 @@ class Controller:
             self._eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, 'eval'))
         else:
             self._train_writer = self._eval_writer = tf.summary.create_noop_writer()
-        restored = self._manager.restore_or_initialize()
+        restored = self._manager.latest_checkpoint
         if restored:
+            status = self._checkpoint.restore(restored)
+            if train_dataset is None:
+                status.expect_partial()  # Evaluation reads the model, not the optimizer.
             logging.info('Restored %s at step %d', restored, self.global_step)
+        else:
+            self._manager.restore_or_initialize()  # Runs init_fn.
         self._check_workers_restored_alike(restored)
         self._preemption = None
         if train_dataset is not None and isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
