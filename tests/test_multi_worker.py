@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -25,16 +24,16 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
-from deeplab_axial import config_utils
 from deeplab_axial.data import input_pipeline
 from trainer import local_cluster
 from trainer import panoptic_eval
 from trainer import train_lib
 
+import tiny_experiment
+
 pytestmark = pytest.mark.slow
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TINY = os.path.join(_REPO, 'configs', 'synthetic', 'axial_deeplab_tiny.textproto')
+_REPO = tiny_experiment.REPO
 _EXPERIMENT = 'synthetic_axial_deeplab_tiny'
 _STEPS = 4
 # A run's bound: start-up, tracing the train step on two processes sharing two cores, four steps, one evaluation.
@@ -50,31 +49,19 @@ def _env(tmp_dir: str) -> dict:
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp('synthetic')
-    subprocess.run([sys.executable, '-m', 'deeplab_axial.data.synthetic', f'--output_dir={root}/coco',
-                    f'--tfrecord_dir={root}/tfrecord', '--num_train=8', '--num_val=7', '--height=33', '--width=49'],
-                   cwd=_REPO, env=_env(str(root)), check=True, capture_output=True, timeout=300)
-    return os.path.join(str(root), 'tfrecord')
+    root = str(tmp_path_factory.mktemp('synthetic'))
+    tiny_experiment.write_synthetic_data(root, _env(root), num_val=7)
+    return os.path.join(root, 'tfrecord')
 
 
 def _config(data_dir: str, steps: int = _STEPS):
     """Global batch 4 (2 per worker), eval batch 4 over 7 images (each worker: batches of 2, the last partial)."""
-    config = config_utils.load_config(_TINY, params={'DATA_DIR': data_dir})
-    config.train_dataset_options.batch_size = 4
-    config.train_dataset_options.crop_size[:] = [33, 33]
-    config.eval_dataset_options.batch_size = 4
-    config.eval_dataset_options.crop_size[:] = [33, 49]
-    trainer = config.trainer_options
-    trainer.steps_per_loop = trainer.save_checkpoints_steps = trainer.save_summaries_steps = 2
-    trainer.num_checkpoints_to_keep = 10
-    solver = trainer.solver_options
-    solver.training_number_of_steps = steps
-    solver.warmup_steps = 2
+    config = tiny_experiment.tiny_config(data_dir, train_batch=4, eval_batch=4, steps=steps)
+    solver = config.trainer_options.solver_options
     # Plain SGD: float-rounding differences between the two-process and one-process sums stay rounding-sized
     # (Adam would turn a near-zero gradient's rounding into a full step).
     solver.optimizer = 'sgd'
     solver.base_learning_rate = 0.001
-    config.evaluator_options.eval_interval = 100
     config.evaluator_options.save_predictions = True
     return config
 

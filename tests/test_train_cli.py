@@ -17,10 +17,11 @@ from google.protobuf import text_format
 from deeplab_axial import config_utils
 from trainer import model_dir
 
+import tiny_experiment
+
 pytestmark = pytest.mark.slow
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TINY = os.path.join(_REPO, 'configs', 'synthetic', 'axial_deeplab_tiny.textproto')
+_REPO = tiny_experiment.REPO
 _EXPERIMENT = 'synthetic_axial_deeplab_tiny'
 _ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=_REPO)
 _STEPS = 40
@@ -30,16 +31,8 @@ _TIMEOUT = 600
 @pytest.fixture(scope='module')
 def config_file(tmp_path_factory):
     root = tmp_path_factory.mktemp('cli')
-    subprocess.run([sys.executable, '-m', 'deeplab_axial.data.synthetic', f'--output_dir={root}/coco',
-                    f'--tfrecord_dir={root}/tfrecord', '--num_train=8', '--num_val=4', '--height=33', '--width=49'],
-                   cwd=_REPO, env=_ENV, check=True, capture_output=True, timeout=300)
-    config = config_utils.load_config(_TINY, params={'DATA_DIR': str(root / 'tfrecord')})
-    config.train_dataset_options.batch_size = 2
-    config.train_dataset_options.crop_size[:] = [33, 33]
-    trainer = config.trainer_options
-    trainer.steps_per_loop = trainer.save_checkpoints_steps = trainer.save_summaries_steps = 2
-    trainer.num_checkpoints_to_keep = 100
-    trainer.solver_options.training_number_of_steps = _STEPS
+    tiny_experiment.write_synthetic_data(str(root), _ENV, num_val=4)
+    config = tiny_experiment.tiny_config(str(root / 'tfrecord'), train_batch=2, eval_batch=4, steps=_STEPS)
     path = root / 'config.textproto'
     path.write_text(text_format.MessageToString(config))
     return str(path)
@@ -93,7 +86,7 @@ def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path
         second = subprocess.run(_command(config_file, interrupted, seed=8), cwd=_REPO, env=_ENV,
                                 capture_output=True, text=True, timeout=_TIMEOUT)
         assert second.returncode == 1, second.stderr[-3000:]
-        assert f'is in use by another trainer (host ' in second.stderr and f'pid {first.pid},' in second.stderr
+        assert 'is in use by another trainer (host ' in second.stderr and f'pid {first.pid},' in second.stderr
         assert 'Traceback' not in second.stderr
         while not _steps(experiment_dir) and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
@@ -118,7 +111,7 @@ def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path
         f.write(b'partial')
 
     rerun = _run(_command(config_file, interrupted))
-    assert f'Taking over the lock of a trainer that is gone (host ' in rerun.stderr
+    assert 'Taking over the lock of a trainer that is gone (host ' in rerun.stderr
     assert f'pid {first.pid},' in rerun.stderr
     assert re.search(rf'Restored \S+ckpt-{killed_at} at step {killed_at}', rerun.stderr)
     _assert_same(os.path.join(experiment_dir, f'ckpt-{_STEPS}'), os.path.join(straight, _EXPERIMENT,

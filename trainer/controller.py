@@ -212,10 +212,6 @@ class Controller:
     def checkpoint_manager(self) -> tf.train.CheckpointManager:
         return self._manager
 
-    @property
-    def worker(self) -> cluster.WorkerInfo:
-        return self._worker
-
     def _split_batch(self, batch):
         """Splits a global batch into per-replica batches (host-iterator mode)."""
         n = self._strategy.num_replicas_in_sync

@@ -86,6 +86,7 @@ def _own_experiment_dir(config: config_pb2.ExperimentOptions, experiment_dir: st
     interrupted run's checkpoint temporaries, and the resolved config (seed included) as config.textproto."""
     if not worker.is_chief:
         return
+    tf.io.gfile.makedirs(experiment_dir)
     stack.enter_context(model_dir_lib.TrainingLock(experiment_dir))
     model_dir_lib.remove_checkpoint_temporaries(experiment_dir)
     resolved = config_pb2.ExperimentOptions()
