@@ -29,6 +29,7 @@ from trainer import local_cluster
 from trainer import panoptic_eval
 from trainer import train_lib
 
+import test_controller
 import tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -274,3 +275,41 @@ def test_a_worker_killed_mid_training_ends_the_run(tmp_path):
         seconds = time.time() - killed
     assert codes[0] not in (None, 0, 42) and codes[1] == -signal.SIGKILL, (codes, cluster.log(0)[-3000:])
     assert 'UnavailableError' in cluster.log(0) and seconds < 60
+
+
+_CONTINUOUS_EVAL_WORKER = textwrap.dedent('''
+    import sys
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    from trainer import distribution_utils
+    strategy = distribution_utils.create_strategy(None)
+    import numpy as np
+    import tensorflow as tf
+    import test_controller as t
+    from trainer import controller as controller_lib
+    with strategy.scope():
+        model, step = t._model(), tf.Variable(0, dtype=tf.int64)
+    evaluator = t._MSEEvaluator(model, step)
+    data = tf.data.Dataset.from_tensor_slices({{'x': np.eye(4, dtype=np.float32), 'y': t._TRUE_W}}).batch(4)
+    controller = controller_lib.Controller(strategy, {model_dir!r}, step, {{'model': model}}, evaluator=evaluator,
+                                           eval_dataset=data)
+    results = controller.evaluate_continuously(timeout=3, final_step=100)
+    print('EVALUATED', evaluator.steps, results, flush=True)
+''')
+
+
+def test_continuous_evaluation_follows_the_chiefs_checkpoints(tmp_path):
+    """Two evaluation workers: the chief watches model_dir and hands its checkpoint, then the end of its wait, to
+    worker 1 (a collective each time), so both evaluate the same checkpoint once and stop together."""
+    trained, model, _ = test_controller._controller(tmp_path / 'model')
+    trained.train(4)
+    script = _CONTINUOUS_EVAL_WORKER.format(repo=_REPO, tests=os.path.join(_REPO, 'tests'),
+                                            model_dir=str(tmp_path / 'model'))
+    with local_cluster.LocalCluster([[sys.executable, '-c', script]] * 2, str(tmp_path / 'logs'),
+                                    env=_env(str(tmp_path)), cwd=_REPO) as cluster:
+        codes = cluster.wait(120)
+        logs = [cluster.log(i) for i in range(2)]
+    assert codes == [0, 0], logs
+    expected = float(np.mean((model(np.eye(4, dtype=np.float32)).numpy() - test_controller._TRUE_W) ** 2))
+    for log in logs:
+        steps, mse = re.search(r"EVALUATED \[(.*?)\] \{'evaluation/mse': (\S+)\}", log).groups()
+        assert steps == '4' and float(mse) == pytest.approx(expected, rel=1e-6)
