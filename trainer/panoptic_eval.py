@@ -12,14 +12,22 @@ Results use deeplab2's TensorBoard names (`evaluation/pq/PQ`, `evaluation/ap/AP_
 go to experiment_dir/eval_results.json, and a few "prediction | ground truth" overlays go to the eval summaries.
 With `save_predictions`, every prediction is written in COCO panoptic format (experiment_dir/predictions/
 panoptic_pred/*.png + panoptic_pred.json) so that `python -m evaluation.evaluate` can score it.
+
+With several workers each evaluates its share of the records (trainer/sharded_eval.py) and the metrics are those of
+one process; the chief alone writes eval_results.json, summaries and predictions (the other workers' PNGs travel
+to it with their overlaps).
 """
 
+import math
 import os
+import shutil
+import tempfile
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from deeplab_axial import atomic_files
 from deeplab_axial import common
 from deeplab_axial import vis
 from deeplab_axial.data import coco_panoptic_format
@@ -27,8 +35,10 @@ from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import inference_path
 from evaluation import metrics as metric_table
 from evaluation.panoptic_evaluator import PanopticEvaluator
+from trainer import cluster
 from trainer import eval_results
 from trainer import replica_eval
+from trainer import sharded_eval
 
 PREDICTIONS_DIR = 'predictions'
 PREDICTIONS_NAME = 'panoptic_pred'
@@ -48,7 +58,7 @@ class PanopticEval:
       model: the panoptic model (called with training=False: drop path and BN updates off).
       post_processor: `deeplab_axial.model.builder.build_post_processor(...)`.
       descriptor: the eval dataset.
-      batch_size: the global eval batch size.
+      batch_size: the global eval batch size (each of W workers gets batches of ceil(batch_size / W)).
       crop_size: (height, width) of the eval images (the model's static input size).
       experiment_dir: where eval_results.json, eval summaries and predictions go.
       global_step: the controller's step variable (names the pass in files and summaries).
@@ -75,14 +85,28 @@ class PanopticEval:
         self._save_predictions = save_predictions
         self._num_vis_samples = num_vis_samples
         self._metrics_names = tuple(metrics)
-        self._runner = replica_eval.ReplicaRunner(strategy, self._predict, batch_size)
-        self._writer = tf.summary.create_file_writer(os.path.join(experiment_dir, 'eval'))
+        self._strategy = strategy
+        self._worker = cluster.worker_info(strategy)
+        self._runner = replica_eval.ReplicaRunner(strategy, self._predict,
+                                                  math.ceil(batch_size / self._worker.num_workers))
+        self._writer = (tf.summary.create_file_writer(os.path.join(experiment_dir, 'eval')) if self._worker.is_chief
+                        else tf.summary.create_noop_writer())
+        self._scratch = None
         self.last_results: Dict[str, float] = {}
         self.reset()
 
     @property
     def predictions_dir(self) -> str:
         return os.path.join(self._experiment_dir, PREDICTIONS_DIR)
+
+    @property
+    def _png_dir(self) -> str:
+        """Where this worker writes prediction PNGs: model_dir on the chief, a scratch folder elsewhere."""
+        if self._worker.is_chief:
+            return os.path.join(self.predictions_dir, PREDICTIONS_NAME)
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix=f'deeplab_axial_worker{self._worker.index}_predictions_')
+        return self._scratch
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
@@ -91,7 +115,8 @@ class PanopticEval:
         return {k: predictions[k] for k in _PRED_KEYS}
 
     def reset(self) -> None:
-        self._evaluator = PanopticEvaluator.from_descriptor(self._descriptor, self._metrics_names)
+        evaluator = sharded_eval.OverlapRecorder if self._worker.num_workers > 1 else PanopticEvaluator
+        self._evaluator = evaluator.from_descriptor(self._descriptor, self._metrics_names)
         self._vis: List[np.ndarray] = []
         self._annotations: List[dict] = []
 
@@ -114,7 +139,7 @@ class PanopticEval:
                                    restored[common.PRED_INSTANCE_SCORES_KEY], [name],
                                    restored[common.PRED_SEMANTIC_KEY])
             if self._save_predictions:
-                png = os.path.join(self.predictions_dir, PREDICTIONS_NAME, os.path.basename(name) + '.png')
+                png = os.path.join(self._png_dir, os.path.basename(name) + '.png')
                 self._annotations.append(coco_panoptic_format.write_coco_panoptic(
                     restored[common.PRED_PANOPTIC_KEY], self._descriptor, png, _image_id(name),
                     restored[common.PRED_INSTANCE_SCORES_KEY]))
@@ -125,17 +150,43 @@ class PanopticEval:
                     image, predictions[common.PRED_PANOPTIC_KEY][i, :rh, :rw],
                     batch[common.GT_PANOPTIC_KEY][i, :rh, :rw].numpy(), self._descriptor))
 
+    def _merge_workers(self) -> Tuple[PanopticEvaluator, List[dict]]:
+        """All workers' images in one evaluator and their annotations in record order (a collective); the
+        chief writes the other workers' prediction PNGs."""
+        pngs = []
+        if self._scratch is not None:
+            for annotation in self._annotations:
+                with open(os.path.join(self._scratch, annotation['file_name']), 'rb') as f:
+                    pngs.append(f.read())
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+        parts = cluster.gather_objects(self._strategy, self._worker, (self._evaluator, self._annotations, pngs))
+        merged = sharded_eval.merge_in_record_order([evaluator for evaluator, _, _ in parts])
+        count = len(parts)
+        annotations = [parts[k % count][1][k // count] for k in range(sum(len(p[1]) for p in parts))]
+        if self._worker.is_chief:
+            for _, worker_annotations, worker_pngs in parts[1:]:
+                for annotation, data in zip(worker_annotations, worker_pngs):
+                    path = os.path.join(self._png_dir, annotation['file_name'])
+                    atomic_files.write_atomically(path, lambda f, data=data: f.write(data))
+        return merged, annotations
+
     def result(self) -> Dict[str, float]:
-        details = self._evaluator.result()
+        evaluator, annotations = self._evaluator, self._annotations
+        if self._worker.num_workers > 1:
+            evaluator, annotations = self._merge_workers()
+        details = evaluator.result()
         metrics = metric_table.summaries(details)
         step = int(self._global_step.numpy())
+        self.last_results = metrics
+        if not self._worker.is_chief:
+            return metrics
         eval_results.write_eval_results(self._experiment_dir, step, metrics,
                                         {k: {n: v for n, v in d.items() if n != 'per_class'}
                                          for k, d in details.items()})
         eval_results.write_image_summaries(self._writer, 'vis/prediction_vs_ground_truth', self._vis, step)
         if self._save_predictions:
             coco_panoptic_format.write_panoptic_json(
-                os.path.join(self.predictions_dir, PREDICTIONS_NAME + '.json'), self._annotations,
+                os.path.join(self.predictions_dir, PREDICTIONS_NAME + '.json'), annotations,
                 coco_panoptic_format.categories_from_descriptor(self._descriptor))
-        self.last_results = metrics
         return metrics

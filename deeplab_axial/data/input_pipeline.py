@@ -271,7 +271,12 @@ class _Preprocessor:
 
 def _records(options: DataOptions, input_context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
     """(file, index, serialized record) tuples (or TFDS dicts) for this input pipeline: sharded, shuffled and
-    repeated as asked."""
+    repeated as asked.
+
+    Training shards files where there are enough (each pipeline reads only its own). Evaluation shards records in
+    file order: pipeline i of n reads records i, i + n, i + 2n, ..., so that per-pipeline metrics can be merged
+    back in the order one pipeline reads them (trainer/sharded_eval.py).
+    """
     training = options.is_training
     repeat = training if options.repeat is None else options.repeat
     num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -279,12 +284,14 @@ def _records(options: DataOptions, input_context: Optional[tf.distribute.InputCo
     tfds_name = _tfds_name(options.file_pattern)
     if tfds_name:
         from deeplab_axial.data import tfds_sources
-        ds = tfds_sources.load(tfds_name, options.tfds_split, options.tfds_data_dir,
-                               shuffle_files=training, seed=options.seed, input_context=input_context)
+        ds = tfds_sources.load(tfds_name, options.tfds_split, options.tfds_data_dir, shuffle_files=training,
+                               seed=options.seed, input_context=input_context if training else None)
+        if num_pipelines > 1 and not training:
+            ds = ds.shard(num_pipelines, pipeline_id)
     else:
         files = list_files(options.file_pattern)
         ds = tf.data.Dataset.from_tensor_slices(list(files))
-        shard_files = num_pipelines > 1 and len(files) >= num_pipelines
+        shard_files = training and num_pipelines > 1 and len(files) >= num_pipelines
         if shard_files:
             ds = ds.shard(num_pipelines, pipeline_id)
         if training:
@@ -304,7 +311,13 @@ def _records(options: DataOptions, input_context: Optional[tf.distribute.InputCo
 
 def build_dataset(options: DataOptions,
                   input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
-    """Builds the batched, prefetched dataset for `options` (see the module docstring for sample keys)."""
+    """Builds the batched, prefetched dataset for `options` (see the module docstring for sample keys).
+
+    With an `input_context`, this is one input pipeline's shard (see `_records`) batched at the per-replica batch
+    size; a seed is offset by the pipeline id, so that pipelines do not repeat each other's random augmentation.
+    """
+    if input_context is not None and options.seed is not None and input_context.input_pipeline_id:
+        options = dataclasses.replace(options, seed=options.seed + input_context.input_pipeline_id)
     descriptor = options.descriptor
     preprocessor = _Preprocessor(options)
     batch_size = (input_context.get_per_replica_batch_size(options.batch_size) if input_context
