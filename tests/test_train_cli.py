@@ -88,7 +88,8 @@ def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path
         assert second.returncode == 1, second.stderr[-3000:]
         assert 'is in use by another trainer (host ' in second.stderr and f'pid {first.pid},' in second.stderr
         assert 'Traceback' not in second.stderr
-        while not _steps(experiment_dir) and first.poll() is None and time.time() < deadline:
+        # ckpt-0 (the initial state) comes first; wait for a trained one.
+        while max(_steps(experiment_dir), default=0) == 0 and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         running = first.poll() is None
         first.send_signal(signal.SIGKILL)
