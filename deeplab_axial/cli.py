@@ -14,8 +14,9 @@ The statuses (the README's table):
 Imports no TensorFlow: a tool answers `--help` before TensorFlow loads.
 """
 
+import argparse
 import sys
-from typing import Callable, Sequence, Tuple, Type
+from typing import Callable, NoReturn, Sequence, Tuple, Type
 
 from absl import flags
 
@@ -62,3 +63,12 @@ def parse_flags(argv: Sequence[str]) -> list:
         print_error(f'{e} (see --help)')
         sys.exit(EXIT_USER_ERROR)
 
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser for the argparse tools: a bad or missing argument is one `error:` line and exit status 2
+    (argparse's own prints its usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f'{message} (see {self.prog} --help)')
+        sys.exit(EXIT_USER_ERROR)

@@ -85,7 +85,7 @@ def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path
         # A second trainer on the same folder, while the first builds and trains: refused, naming the holder.
         second = subprocess.run(_command(config_file, interrupted, seed=8), cwd=_REPO, env=_ENV,
                                 capture_output=True, text=True, timeout=_TIMEOUT)
-        assert second.returncode == 1, second.stderr[-3000:]
+        assert second.returncode == 2, second.stderr[-3000:]  # a user error (cli.EXIT_USER_ERROR)
         assert 'is in use by another trainer (host ' in second.stderr and f'pid {first.pid},' in second.stderr
         assert 'Traceback' not in second.stderr
         # ckpt-0 (the initial state) comes first; wait for a trained one.

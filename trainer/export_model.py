@@ -10,31 +10,33 @@ described there). Load the SavedModel with `tf.saved_model.load` or run it with 
 path (exit status 2).
 """
 
-import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from deeplab_axial import cli
 from deeplab_axial import config_utils
 from deeplab_axial.inference import model_loader
 from deeplab_axial.inference import saved_model_export
 
 
-def main(argv: Sequence[str]) -> Optional[int]:
+def main(argv: Sequence[str]) -> int:
+    """Exports the flags' checkpoint; returns the exit status (`deeplab_axial.cli`)."""
     if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    try:
+        cli.print_error(f'unexpected arguments {argv[1:]} (flags are --name=value)')
+        return cli.EXIT_USER_ERROR
+
+    def export() -> int:
         params = config_utils.parse_config_params(flags.FLAGS.config_param)
         config = model_loader.load_config(flags.FLAGS.experiment_option_path, params)
         saved_model_export.export(config, flags.FLAGS.checkpoint_path, flags.FLAGS.output_path,
                                   overwrite=flags.FLAGS.overwrite, jit_compile=flags.FLAGS.jit_compile)
+        print(f'Wrote SavedModel to {flags.FLAGS.output_path}')
+        return cli.EXIT_OK
+
     # ConfigError, ModelConfigError and CheckpointError are ValueErrors.
-    except (saved_model_export.ExportError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    print(f'Wrote SavedModel to {flags.FLAGS.output_path}')
-    return 0
+    return cli.run_reporting_errors(export, (saved_model_export.ExportError, ValueError, FileNotFoundError))
 
 
 def _define_flags() -> None:
@@ -52,7 +54,7 @@ def run() -> None:
     """Console-script entry (`python -m trainer.export_model` calls the same)."""
     _define_flags()
     flags.mark_flags_as_required(['experiment_option_path', 'checkpoint_path', 'output_path'])
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
