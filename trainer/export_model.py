@@ -7,13 +7,14 @@ r"""Exports a trained model as a SavedModel (deeplab2's `export_model.py` comman
 The export itself is `deeplab_axial.inference.saved_model_export.export` (what it builds, serves and writes is
 described there). Load the SavedModel with `tf.saved_model.load` or run it with `python -m deeplab_axial.predict
 --saved_model`. A bad flag, config or checkpoint, a full disk or a missing permission is one error line naming the
-path (exit status 2).
+path (exit status 2). deeplab2's --merge_with_tf_op is accepted and has no effect (there is no custom op here).
 """
 
 from typing import Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from deeplab_axial import cli
 from deeplab_axial import config_utils
@@ -26,6 +27,9 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         cli.print_error(f'unexpected arguments {argv[1:]} (flags are --name=value)')
         return cli.EXIT_USER_ERROR
+
+    if flags.FLAGS.merge_with_tf_op:
+        logging.warning('--merge_with_tf_op has no effect: the merge is always standard TensorFlow ops (no custom op)')
 
     def export() -> int:
         params = config_utils.parse_config_params(flags.FLAGS.config_param)
@@ -48,6 +52,10 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string('config_param', [], 'NAME=VALUE for a ${NAME} placeholder of the config; repeatable.')
     flags.DEFINE_bool('overwrite', False, 'Replace an existing non-empty --output_path.')
     flags.DEFINE_bool('jit_compile', False, 'Compile the model and post-processing with XLA inside the SavedModel.')
+    flags.DEFINE_bool('merge_with_tf_op', False, "deeplab2's flag, accepted so its commands run unchanged; it has no "
+                      'effect: deeplab2 needs it for its custom merge op, and here the semantic and instance '
+                      'predictions are always merged with standard TensorFlow ops, so the SavedModel loads with '
+                      'plain TensorFlow either way.')
 
 
 def run() -> None:
