@@ -75,3 +75,24 @@ def test_no_loss_no_eval_losses(tmp_path):
         SYNTHETIC, 2, _SIZE, str(tmp_path), tf.Variable(0, dtype=tf.int64), num_vis_samples=0, metrics=('miou',))
     evaluator.update(_batch([1.0], [1.0]))
     assert not [k for k in evaluator.result() if k.startswith('losses/')]
+
+
+def test_every_file_the_evaluation_writes_takes_the_umask_mode(tmp_path):
+    """eval_results.json, the prediction PNGs and panoptic_pred.json (and the summaries): 0o666 less the umask, so
+    that teammates on a shared file system can read them (tempfile.mkstemp would give 0o600)."""
+    previous = os.umask(0o027)
+    try:
+        evaluator = panoptic_eval.PanopticEval(
+            tf.distribute.OneDeviceStrategy('/cpu:0'), lambda images, training: {'raw': images}, _post_process,
+            SYNTHETIC, 2, _SIZE, str(tmp_path), tf.Variable(3, dtype=tf.int64), save_predictions=True,
+            num_vis_samples=1, metrics=('pq',))
+        evaluator.update(_batch([1.0, 2.0], [1.0, 1.0]))
+        evaluator.result()
+    finally:
+        os.umask(previous)
+    written = {os.path.relpath(os.path.join(d, n), tmp_path): os.stat(os.path.join(d, n)).st_mode & 0o777
+               for d, _, names in os.walk(tmp_path) for n in names}
+    ours = {'eval_results.json', 'predictions/panoptic_pred.json', 'predictions/panoptic_pred/image1.0.png',
+            'predictions/panoptic_pred/image2.0.png'}
+    assert ours <= set(written), sorted(written)
+    assert {path: oct(mode) for path, mode in written.items()} == {path: oct(0o640) for path in written}

@@ -17,9 +17,6 @@ from absl import flags
 from absl import logging
 
 from deeplab_axial import cli
-from deeplab_axial import config_utils
-from deeplab_axial.inference import model_loader
-from deeplab_axial.inference import saved_model_export
 
 
 def main(argv: Sequence[str]) -> int:
@@ -28,6 +25,10 @@ def main(argv: Sequence[str]) -> int:
         cli.print_error(f'unexpected arguments {argv[1:]} (flags are --name=value)')
         return cli.EXIT_USER_ERROR
 
+    # TensorFlow loads after the flags are parsed: --help and a bad flag answer at once.
+    from deeplab_axial import config_utils  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.inference import model_loader  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.inference import saved_model_export  # pylint: disable=g-import-not-at-top
     if flags.FLAGS.merge_with_tf_op:
         logging.warning('--merge_with_tf_op has no effect: the merge is always standard TensorFlow ops (no custom op)')
 

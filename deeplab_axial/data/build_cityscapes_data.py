@@ -97,6 +97,11 @@ def main(argv: Sequence[str]) -> int:
     return cli.run_reporting_errors(convert)
 
 
-if __name__ == '__main__':
+def run() -> None:
+    """Console-script entry (`python -m deeplab_axial.data.build_cityscapes_data` calls the same)."""
     _define_flags()
     app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+    run()
