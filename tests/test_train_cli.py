@@ -63,9 +63,10 @@ def _assert_same(a: str, b: str) -> None:
         assert np.array_equal(first[name], second[name]), name
 
 
-def _steps(experiment_dir: str) -> list:
-    return sorted(int(m.group(1)) for m in (re.match(r'ckpt-(\d+)\.index$', n) for n in os.listdir(experiment_dir))
-                  if m) if os.path.isdir(experiment_dir) else []
+def _latest_step(experiment_dir: str) -> int:
+    """The step of the checkpoint the `checkpoint` file names (what a rerun restores); 0 without one."""
+    path = tf.train.latest_checkpoint(experiment_dir) if os.path.isdir(experiment_dir) else None
+    return int(path.rsplit('-', 1)[1]) if path else 0
 
 
 def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path):
@@ -88,8 +89,9 @@ def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path
         assert second.returncode == 2, second.stderr[-3000:]  # a user error (cli.EXIT_USER_ERROR)
         assert 'is in use by another trainer (host ' in second.stderr and f'pid {first.pid},' in second.stderr
         assert 'Traceback' not in second.stderr
-        # ckpt-0 (the initial state) comes first; wait for a trained one.
-        while max(_steps(experiment_dir), default=0) == 0 and first.poll() is None and time.time() < deadline:
+        # ckpt-0 (the initial state) comes first; wait until the `checkpoint` file names a trained one (its .index
+        # appears before the file is updated: a kill in between would leave the rerun to restore the one before).
+        while _latest_step(experiment_dir) == 0 and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         running = first.poll() is None
         first.send_signal(signal.SIGKILL)
@@ -101,7 +103,7 @@ def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path
                 proc.kill()
                 proc.wait()
     assert uninterrupted.returncode == 0, straight_log[-3000:]
-    killed_at = max(_steps(experiment_dir), default=0)
+    killed_at = _latest_step(experiment_dir)
     assert running and 0 < killed_at < _STEPS, stderr[-3000:]
     assert os.path.exists(lock)  # a SIGKILL leaves the lock behind
     # Seeded runs are identical: the killed run's first checkpoint is the uninterrupted run's.
