@@ -51,5 +51,18 @@ setuptools.setup(
         # Faster evaluation (libspng and zlib-ng PNG decoding, a compiled overlap count); identical results without.
         'eval': ['pyspng>=0.1.3,<1', 'zlib-ng>=1.1.0,<2', 'numba>=0.68,<1'],
         'bench': ['hotcoco>=1.3,<2'],
+        # To look at training: `tensorboard --logdir MODEL_DIR` (no TensorFlow or CUDA wheels come with it).
+        'tensorboard': ['tensorboard>=2.21,<2.22'],
     },
+    # Beside the `python -m` forms (README); each exits 0, 1 (a named outcome) or 2 (a user error).
+    entry_points={'console_scripts': [
+        'deeplab-axial-demo=trainer.demo:run',
+        'deeplab-axial-train=trainer.train:run',
+        'deeplab-axial-export=trainer.export_model:run',
+        'deeplab-axial-predict=deeplab_axial.predict:main',
+        'deeplab-axial-evaluate=evaluation.evaluate:main',
+        'deeplab-axial-convert-coco=deeplab_axial.data.build_coco_data:run',
+        'deeplab-axial-convert-cityscapes=deeplab_axial.data.build_cityscapes_data:run',
+        'deeplab-axial-convert-checkpoint=deeplab_axial.tools.convert_checkpoint:main',
+    ]},
 )

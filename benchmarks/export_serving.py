@@ -71,7 +71,7 @@ def main() -> None:
         output = os.path.join(args.work_dir, name)
         saved_model_export.export(config, prefix, output, jit_compile=jit)
         signature = tf.saved_model.load(output).signatures['serving_default']
-        results[name] = _time(lambda: signature(image=tf.constant(image)), args.repeats)
+        results[name] = _time(lambda: signature(input_tensor=tf.constant(image)), args.repeats)
     runner = checkpoint_runner.build_runner(config_file, prefix)
     results['checkpoint_runner'] = _time(lambda: runner([image]), args.repeats)
 

@@ -15,9 +15,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
+from deeplab_axial import common
 from deeplab_axial import unsupported_fields
 from deeplab_axial.data import dataset as dataset_lib
-from deeplab_axial.model.encoder import axial_resnet
 from deeplab_axial.protos import config_pb2
 from deeplab_axial.protos import dataset_pb2
 from deeplab_axial.protos import evaluator_pb2
@@ -25,8 +25,11 @@ from deeplab_axial.protos import evaluator_pb2
 _PLACEHOLDER = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}')
 
 # The valid values of the other enumerated fields live with the code that uses them and are read from there: the
-# encoder's here, the optimizer builder's by the trainer's own rules (trainer/config_checks.py).
+# backbone names from the model registry, the output strides from each encoder class (`OUTPUT_STRIDES`), the drop-path
+# schedules from the encoder here, the optimizer builder's by the trainer's own rules (trainer/config_checks.py).
 SUPPORTED_META_ARCHITECTURES = ('panoptic_deeplab', 'classification')
+# The task of the models each meta-architecture takes (registry entries' `task`).
+_META_TASKS = {'panoptic_deeplab': common.TASK_PANOPTIC, 'classification': common.TASK_CLASSIFICATION}
 # The loss each trainer_options.loss_options field computes (deeplab2's names).
 LOSS_NAMES = {'semantic_loss': 'softmax_cross_entropy', 'center_loss': 'mse', 'regression_loss': 'l1',
               'classification_loss': 'softmax_cross_entropy'}
@@ -112,7 +115,7 @@ def parse_config(text: str, source: str = '<string>', params: Optional[Mapping[s
     text, unfilled = fill_placeholders(text, params, source)
     if unfilled and not allow_unfilled:
         raise ConfigError('Unfilled placeholders (pass them as --config_param NAME=VALUE or set the environment '
-                          'variable of the same name):\n  ' + '\n  '.join(unfilled))
+                          'variable of the same name): ' + '; '.join(unfilled))
     config = config_pb2.ExperimentOptions()
     try:
         text_format.Parse(text, config)
@@ -185,6 +188,19 @@ def crop_size(options: dataset_pb2.DatasetOptions, field: str) -> Tuple[int, int
     return crop[0], crop[1]
 
 
+def single_value(options: dataset_pb2.DatasetOptions, field: str, name: str) -> int:
+    """The value of a resize field of a dataset block, 0 (off) when empty: deeplab2 declares them repeated, the
+    pipeline takes one.
+
+    Raises:
+      ConfigError: the field holds several values; the message names `field`.`name`.
+    """
+    values = list(getattr(options, name))
+    if len(values) > 1:
+        raise ConfigError(f'{field}.{name} must hold at most one value. Received: {values}')
+    return values[0] if values else 0
+
+
 class _Checker:
     """Collects every violated rule so that one run reports them all."""
 
@@ -196,12 +212,31 @@ class _Checker:
             self.errors.append(message)
 
 
-def _check_model(c: _Checker, model) -> None:
-    backbone = model.backbone
-    c.require(bool(backbone.name), 'model_options.backbone.name must be set')
-    c.require(backbone.output_stride in axial_resnet.OUTPUT_STRIDES,
-              f'model_options.backbone.output_stride must be one of {axial_resnet.OUTPUT_STRIDES}. '
-              f'Received: {backbone.output_stride}')
+def _check_model(c: _Checker, config) -> Optional[int]:
+    """The backbone's rules; returns the output stride the encoder is built with (None for an unknown backbone)."""
+    # The model code (TensorFlow) only here: loading a config imports protobuf alone, so that a tool reports a bad
+    # config file before TensorFlow has loaded.
+    from deeplab_axial.model import builder  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.model import registry  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.model.encoder import axial_resnet  # pylint: disable=g-import-not-at-top
+    backbone = config.model_options.backbone
+    try:
+        entry = registry.entry(backbone.name)
+    except ValueError:
+        c.errors.append(f'model_options.backbone.name {backbone.name!r} is not a registered model. Registered: '
+                        f'{", ".join(registry.model_names())}')
+        entry = None
+    stride = None
+    if entry is not None:
+        meta = config.model_options.WhichOneof('meta_architecture')
+        c.require(entry.task == _META_TASKS[meta],
+                  f'model_options.backbone.name {backbone.name!r} is a {entry.task} model, but model_options uses the '
+                  f'{meta} meta-architecture')
+        stride = builder.output_stride(backbone, entry)
+        valid = entry.encoder_class.OUTPUT_STRIDES
+        c.require(stride in valid, f'model_options.backbone.output_stride must be one of {valid} for '
+                  f'{backbone.name} ({entry.encoder_class.__name__}). Received: {stride}')
+        stride = stride if stride in valid else None
     c.require(backbone.axial_span == 0 or (backbone.axial_span > 0 and backbone.axial_span % 2 == 1),
               'model_options.backbone.axial_span must be odd (a window centred on each pixel) or 0 (global). '
               f'Received: {backbone.axial_span}')
@@ -213,6 +248,7 @@ def _check_model(c: _Checker, model) -> None:
     c.require(backbone.drop_path_schedule in axial_resnet.DROP_PATH_SCHEDULES,
               f'model_options.backbone.drop_path_schedule must be one of {axial_resnet.DROP_PATH_SCHEDULES}. '
               f'Received: {backbone.drop_path_schedule!r}')
+    return stride
 
 
 def _check_loss(c: _Checker, field: str, loss, name: str) -> None:
@@ -225,7 +261,7 @@ def _check_loss(c: _Checker, field: str, loss, name: str) -> None:
               f'{loss.label_smoothing}')
 
 
-def _check_dataset(c: _Checker, config, field: str, num_replicas: int, meta: str
+def _check_dataset(c: _Checker, config, field: str, num_replicas: int, meta: str, stride: Optional[int]
                    ) -> Optional[dataset_lib.DatasetDescriptor]:
     options = getattr(config, field)
     try:
@@ -241,8 +277,12 @@ def _check_dataset(c: _Checker, config, field: str, num_replicas: int, meta: str
     except ConfigError as e:
         c.errors.append(str(e))
         crop = None
-    stride = config.model_options.backbone.output_stride
-    if meta == 'panoptic_deeplab' and crop is not None and stride in axial_resnet.OUTPUT_STRIDES:
+    for name in ('min_resize_value', 'max_resize_value'):
+        try:
+            single_value(options, field, name)
+        except ConfigError as e:
+            c.errors.append(str(e))
+    if meta == 'panoptic_deeplab' and crop is not None and stride is not None:
         c.require(all((s - 1) % stride == 0 for s in crop),
                   f'{field}.crop_size {list(crop)} must be k * model_options.backbone.output_stride ({stride}) + 1 per '
                   f'side, e.g. {[-(-(s - 1) // stride) * stride + 1 for s in crop]}')
@@ -340,12 +380,12 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1,
         raise ConfigError(f'model_options: meta-architecture {meta!r} is not supported by deeplab_axial; set one '
                           f'of {SUPPORTED_META_ARCHITECTURES}')
     c.errors += unsupported_fields.unsupported_fields(config)
-    _check_model(c, config.model_options)
+    stride = _check_model(c, config)
     _check_evaluator(c, config.evaluator_options)
     descriptors = {}
     for key, field in (('train', 'train_dataset_options'), ('eval', 'eval_dataset_options')):
         if getattr(config, field).dataset:
-            descriptor = _check_dataset(c, config, field, num_replicas if key == 'train' else 1, meta)
+            descriptor = _check_dataset(c, config, field, num_replicas if key == 'train' else 1, meta, stride)
             if descriptor is not None:
                 descriptors[key] = descriptor
     if 'train' in descriptors and 'eval' in descriptors:
@@ -357,5 +397,5 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1,
     for check in checks:
         c.errors += check(config)
     if c.errors:
-        raise ConfigError(f'Invalid config {config.experiment_name!r}:\n  - ' + '\n  - '.join(c.errors))
+        raise ConfigError(f'Invalid config {config.experiment_name!r}: ' + '; '.join(c.errors))
     return descriptors

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deeplab_axial import atomic_files, common, io_errors, vis
+from deeplab_axial import atomic_files, cli, common, vis
 from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import files
@@ -48,7 +48,7 @@ class PredictError(Exception):
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='python -m deeplab_axial.predict', description=__doc__.split('\n')[0])
+    parser = cli.ArgumentParser(prog='python -m deeplab_axial.predict', description=__doc__.split('\n')[0])
     parser.add_argument('--saved_model', help='SavedModel directory written by the deeplab_axial export')
     parser.add_argument('--config_file', help='experiment config (textproto); with --checkpoint')
     parser.add_argument('--checkpoint', help='checkpoint prefix or directory; with --config_file')
@@ -260,18 +260,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (`deeplab_axial.cli`)."""
     args = _parse_args(argv)
-    try:
-        return run(args)
-    except PredictError as e:
-        message = str(e)
-    except Exception as e:  # noqa: BLE001 - a full disk or a missing permission is one line; anything else raises.
-        message = io_errors.user_io_message(e)
-        if message is None:
-            raise
-    print(f'error: {message}', file=sys.stderr)
-    return 2
+    return cli.run_reporting_errors(lambda: run(args), (PredictError,))
 
 
 if __name__ == '__main__':

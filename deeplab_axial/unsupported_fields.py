@@ -58,8 +58,6 @@ _RULES: Dict[Tuple[str, str], Tuple[tuple, str]] = {
         (False,), 'predictions are saved in COCO panoptic format with save_predictions'),
     ('deeplab_axial.EvaluatorOptions', 'override_save_dir'): (
         (), 'predictions go to <experiment dir>/predictions'),
-    ('deeplab_axial.EvaluatorOptions', 'detailed_ap_metrics'): (
-        (False,), 'AP is reported as AP, AP50 and AP75 (COCO mask AP)'),
     ('deeplab_axial.EvaluatorOptions', 'transformer_class_confidence_threshold'): (
         (), 'MaX-DeepLab post-processing is not implemented'),
     ('deeplab_axial.EvaluatorOptions', 'pixel_confidence_threshold'): (

@@ -7,8 +7,9 @@ Works for COCO and for Cityscapes panoptic GT made by cityscapesscripts (same fo
 forked worker processes, not threads: PNG decoding is 40% (with zlib-ng) to 70% of the time and pyspng holds the
 GIL while it decodes. Each image costs two decodes plus one table gather + bincount pass (segment_overlap). Results
 come back in image order, so the sums and the numbers do not depend on the number of workers. Any bad input stops
-the run with an error naming the image, and a worker that dies (e.g. killed for memory) stops it at once with an
-error naming the worker and the images it held; OUT is written only when everything succeeded.
+the run with one error line naming the image, flag or file (exit status 2), and a worker that dies (e.g. killed for
+memory) stops it at once with an error naming the worker and the images it held (exit status 1); OUT is written only
+when everything succeeded.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
 from deeplab_axial import atomic_files
-from deeplab_axial import io_errors
+from deeplab_axial import cli
 from deeplab_axial.data.coco_panoptic_format import load_panoptic_json
 from deeplab_axial.data.panoptic_png import read_panoptic_png
 from evaluation import metrics as metric_table
@@ -280,7 +281,7 @@ def format_table(results: Dict[str, dict]) -> str:
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='python -m evaluation.evaluate', description=__doc__.split('\n')[0])
+    parser = cli.ArgumentParser(prog='python -m evaluation.evaluate', description=__doc__.split('\n')[0])
     parser.add_argument('--gt_json', required=True, help='COCO panoptic ground-truth JSON')
     parser.add_argument('--gt_folder', required=True, help='folder of ground-truth PNGs')
     parser.add_argument('--pred_json', required=True, help='COCO panoptic prediction JSON (segments may carry score)')
@@ -300,23 +301,22 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status: 2 for bad input (named), 1 for a worker that died."""
     args = _parse_args(argv)
-    try:
+
+    def run() -> int:
         results = evaluate(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder, args.metrics,
                            args.num_workers, progress=sys.stderr)
         print(format_table(results))
         if args.output_json:
             atomic_files.write_json(args.output_json, results)
-    except (ValueError, WorkerDiedError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    except OSError as e:  # a full disk, a missing permission: one line naming the path
-        message = io_errors.user_io_message(e)
-        if message is None:
-            raise
-        print(f'error: {message}', file=sys.stderr)
-        return 1
-    return 0
+        return cli.EXIT_OK
+
+    try:
+        return cli.run_reporting_errors(run)
+    except WorkerDiedError as e:  # not the input's fault: the run stopped on an outcome
+        cli.print_error(str(e))
+        return cli.EXIT_OUTCOME
 
 
 if __name__ == '__main__':

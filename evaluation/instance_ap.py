@@ -4,8 +4,14 @@
 from typing import Dict, Mapping
 
 from evaluation.cityscapes_instance_ap import CityscapesInstanceAP
-from evaluation.coco_instance_ap import CocoInstanceAP
+from evaluation.coco_instance_ap import COCO_AP_NAMES, CocoInstanceAP
 from evaluation.segment_overlap import SegmentOverlap
+
+
+# deeplab2's summary names of the 12 COCO numbers (COCO_AP_NAMES' order).
+DEEPLAB2_AP_TAGS = ('AP_Mask', 'AP_Mask_@IoU=0.5', 'AP_Mask_@IoU=0.75', 'AP_Mask_small', 'AP_Mask_medium',
+                    'AP_Mask_large', 'AR_Mask_maxdets=1', 'AR_Mask_maxdets=10', 'AR_Mask_maxdets=100', 'AR_Mask_small',
+                    'AR_Mask_medium', 'AR_Mask_large')
 
 
 class InstanceAP:
@@ -37,6 +43,6 @@ class InstanceAP:
 
     @staticmethod
     def summaries(result: Dict[str, float]) -> Dict[str, float]:
-        """deeplab2's AP_Mask and ours for AP50 and AP75."""
-        return {'evaluation/ap/AP_Mask': result['AP'], 'evaluation/ap/AP50_Mask': result['AP50'],
-                'evaluation/ap/AP75_Mask': result['AP75']}
+        """The 12 COCO numbers under deeplab2's tags (deeplab2 writes the 11 after AP_Mask with
+        evaluator_options.detailed_ap_metrics; they are always written here)."""
+        return {f'evaluation/ap/{tag}': result[name] for name, tag in zip(COCO_AP_NAMES, DEEPLAB2_AP_TAGS)}

@@ -13,6 +13,7 @@ from google.protobuf import descriptor_pb2
 from deeplab_axial import config_utils
 from deeplab_axial.data import dataset as dataset_lib
 from deeplab_axial.model.encoder import axial_resnet
+from deeplab_axial.model.encoder import deeplab2_axial_resnet
 from deeplab_axial.protos import config_pb2
 from trainer import config_checks
 from trainer import optimizer_builder
@@ -213,9 +214,18 @@ def test_missing_file_is_named():
     (lambda c: c.train_dataset_options.ClearField('crop_size') or c.train_dataset_options.crop_size.extend(
         [1024, 2049]), ['train_dataset_options.crop_size', 'model_options.backbone.output_stride', '1025']),
     (lambda c: setattr(c.model_options.backbone, 'axial_span', 64), ['model_options.backbone.axial_span']),
-    # The encoder's table: output stride 8 used to pass here and fail at build naming no field.
-    (lambda c: setattr(c.model_options.backbone, 'output_stride', 8),
-     ['model_options.backbone.output_stride must be one of (16, 32)', 'Received: 8']),
+    # Each encoder's own table: deeplab2's family builds output stride 8, our Axial-ResNet does not.
+    (lambda c: setattr(c.model_options.backbone, 'output_stride', 4),
+     ['model_options.backbone.output_stride must be one of (8, 16, 32) for max_deeplab_s_backbone', 'Received: 4']),
+    (lambda c: c.model_options.backbone.MergeFrom(config_pb2.ModelOptions.BackboneOptions(
+        name='axial_deeplab_s', output_stride=8)),
+     ['model_options.backbone.output_stride must be one of (16, 32) for axial_deeplab_s (AxialResNet)',
+      'Received: 8']),
+    (lambda c: setattr(c.model_options.backbone, 'name', 'axial_deeplab_q'),
+     ["model_options.backbone.name 'axial_deeplab_q' is not a registered model", 'axial_deeplab_s, ']),
+    (lambda c: setattr(c.model_options.backbone, 'name', 'axial_resnet_s'),
+     ["model_options.backbone.name 'axial_resnet_s' is a classification model",
+      'panoptic_deeplab meta-architecture']),
     (lambda c: c.eval_dataset_options.ClearField('crop_size'), ['eval_dataset_options.crop_size must hold']),
     (lambda c: setattr(c.train_dataset_options, 'batch_size', 30), ['train_dataset_options.batch_size', '(8)']),
     (lambda c: setattr(c.train_dataset_options, 'dataset', 'citiscapes'),
@@ -255,7 +265,7 @@ def test_validation_errors_name_the_fields(mutate, fields):
     ('trainer_options.solver_options.optimizer', optimizer_builder.OPTIMIZERS),
     ('trainer_options.solver_options.learning_policy', optimizer_builder.LEARNING_POLICIES),
     ('model_options.mixed_precision_policy', optimizer_builder.PRECISION_POLICIES),
-    ('model_options.backbone.output_stride', axial_resnet.OUTPUT_STRIDES),
+    ('model_options.backbone.output_stride', deeplab2_axial_resnet.OUTPUT_STRIDES),  # max_deeplab_s_backbone's
     ('model_options.backbone.drop_path_schedule', axial_resnet.DROP_PATH_SCHEDULES),
 ])
 def test_validation_accepts_exactly_the_values_the_code_builds(field, values):

@@ -160,9 +160,52 @@ def test_summaries_and_progress_line(tmp_path, caplog):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 tags.setdefault(value.tag, []).append(event.step)
-    assert tags['losses/total_loss'] == [4, 8]
+    assert tags['losses/train_total_loss'] == [4, 8]  # deeplab2's tag
     assert tags['learning_rate'] == [4, 8]
     assert 'images_per_second' in tags
+
+
+def test_eta_counts_the_loops_after_the_first(tmp_path, caplog, monkeypatch):
+    """The first loop traces the step (here 100 s of a fake clock), the others take 1 s per 4 steps: at step 8 of 16
+    the ETA is the 8 steps left at 0.25 s each, not (101 s / 8 steps) * 8."""
+    controller, _, _ = _controller(tmp_path)
+    clock = [0.0]
+    monkeypatch.setattr(controller_lib.time, 'time', lambda: clock[0])
+    run_loop = controller._run_loop
+
+    def timed_loop(num_steps):
+        clock[0] += 1.0 if controller.global_step else 100.0
+        return run_loop(num_steps)
+
+    monkeypatch.setattr(controller, '_run_loop', timed_loop)
+    with caplog.at_level(logging.INFO, logger='absl'):
+        controller.train(16)
+    etas = [r.getMessage().rsplit(', ', 1)[1] for r in caplog.records if r.getMessage().startswith('step ')]
+    assert etas == ['ETA after the next loop (this one traced the step)', 'ETA 0:00:02', 'ETA 0:00:01',
+                    'ETA 0:00:00']
+
+
+def test_a_fresh_run_saves_its_initial_state_as_ckpt_0(tmp_path):
+    controller, model, _ = _controller(tmp_path)
+    initial = [w.numpy() for w in model.weights]
+    controller.train(4)
+    assert _checkpoint_steps(tmp_path) == [0, 4]
+    assert tf.train.load_checkpoint(str(tmp_path / 'ckpt-0')).get_tensor(
+        'global_step/.ATTRIBUTES/VARIABLE_VALUE') == 0
+    fresh = _model()
+    tf.train.Checkpoint(model=fresh).read(str(tmp_path / 'ckpt-0')).expect_partial()
+    for saved, weight in zip(fresh.weights, initial):
+        np.testing.assert_array_equal(saved.numpy(), weight)
+    assert not np.array_equal(model.weights[0].numpy(), initial[0])  # ckpt-4 holds trained weights
+    # A resumed run does not save its starting step again.
+    resumed, _, _ = _controller(tmp_path, max_to_keep=5)
+    resumed.train(8)
+    assert _checkpoint_steps(tmp_path) == [0, 4, 8]
+
+
+def _checkpoint_steps(directory) -> list:
+    state = tf.train.get_checkpoint_state(str(directory))
+    return sorted(int(p.rsplit('-', 1)[1]) for p in state.all_model_checkpoint_paths)
 
 
 def test_image_summary_is_png_with_size_header(tmp_path):

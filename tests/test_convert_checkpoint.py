@@ -77,7 +77,7 @@ def test_pytorch_saved_model_serves_what_the_checkpoint_path_predicts(tmp_path, 
     runner = checkpoint_runner.build_runner(PYTORCH_CONFIG, pytorch_checkpoint_dir)
     images = pytorch_outputs['images'].astype(np.uint8)
     for image in images:
-        served = serving(image=tf.constant(image))
+        served = serving(input_tensor=tf.constant(image))
         expected = runner([image])
         # The SavedModel returns the logits at one scale, the checkpoint runner always log(mean probability).
         np.testing.assert_allclose(tf.nn.softmax(served[common.PRED_LOGITS_KEY]).numpy(),
@@ -144,7 +144,7 @@ def test_deeplab2_conversion_reads_plainly_everywhere(tmp_path):
     serving = tf.saved_model.load(str(saved_model)).signatures['serving_default']
     runner = checkpoint_runner.build_runner(config_file, str(checkpoint))
     image = expected['images'][0].astype(np.uint8)
-    served, ours = serving(image=tf.constant(image)), runner([image])
+    served, ours = serving(input_tensor=tf.constant(image)), runner([image])
     for key in (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY):
         np.testing.assert_array_equal(served[key].numpy(), ours[key], err_msg=key)
     np.testing.assert_allclose(served[common.PRED_SEMANTIC_PROBS_KEY].numpy(), ours[common.PRED_SEMANTIC_PROBS_KEY],

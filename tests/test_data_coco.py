@@ -14,11 +14,13 @@ import sys
 import textwrap
 import zlib
 
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from deeplab_axial import cli
 from deeplab_axial import common
 from deeplab_axial.data import build_coco_data
 from deeplab_axial.data import data_utils
@@ -93,6 +95,23 @@ def test_eval_pipeline_returns_full_resolution_raw_labels(coco_root, tmp_path):
         assert s[common.IMAGE].shape == (1, 17, 33, 3)
     crowd = samples[0][common.GT_IS_CROWD_RAW][0].numpy()
     assert crowd[6:, 8:12].all() and crowd.sum() == 6 * 4  # the car crowd only
+
+
+def test_treat_crowd_as_ignore_makes_crowd_pixels_void_and_is_the_command_lines_default(coco_root, tmp_path):
+    """deeplab2's --treat_crowd_as_ignore (default true): the car crowd of image 1 (rows 6.., columns 8..11) becomes
+    void (0); every other pixel is as without it."""
+    root, expected = coco_root
+    build_coco_data.convert_split(root, str(tmp_path / 'void'), 'train', num_shards=1, treat_crowd_as_ignore=True)
+    exp = expected['000000000001']['panoptic'].copy()
+    assert (exp[6:, 8:12] // 256 == data_fixtures.CONTIGUOUS[data_fixtures.COCO_CAR]).all()
+    exp[6:, 8:12] = 0
+    records = {f[common.KEY_IMAGE_FILENAME].bytes_list.value[0].decode(): raw
+               for _, raw, f in _read_records(str(tmp_path / 'void' / '*.tfrecord'))}
+    decoded = input_pipeline.decode_panoptic_example(records['000000000001'], 256)
+    np.testing.assert_array_equal(decoded['panoptic'].numpy(), exp)
+    values = flags.FlagValues()  # the command line's default, read without running it
+    build_coco_data._define_flags(values)
+    assert values['treat_crowd_as_ignore'].default is True
 
 
 def _break_json(root, split, edit):
@@ -333,7 +352,7 @@ def test_conversion_is_byte_reproducible_across_processes(coco_root, tmp_path):
 def test_a_full_disk_is_one_error_line_naming_the_shard(coco_root, full_filesystem, capsys):
     root, _ = coco_root
     out = full_filesystem / 'tfrecord'
-    assert build_coco_data.run_reporting_errors(
+    assert cli.run_reporting_errors(
         lambda: build_coco_data.convert_split(root, str(out), 'train', num_shards=1)) == 2
     err = capsys.readouterr().err.splitlines()
     assert re.fullmatch(rf'error: {out}/\.train-00000-of-00001\.tfrecord\.tmp-\S+: No space left on device',

@@ -196,7 +196,7 @@ def test_bad_input_stops_with_named_error_and_no_output(panoptic_set, tmp_path, 
     corrupt(panoptic_set)
     out = str(tmp_path / 'metrics.json')
     code, _, stderr = _run(_argv(panoptic_set, out))
-    assert code == 1
+    assert code == 2 and stderr.count('error:') == 1 and 'Traceback' not in stderr
     assert any(re.search(message, line) for line in stderr.splitlines()), stderr
     assert not os.path.exists(out)
 
@@ -273,12 +273,26 @@ def test_the_results_file_takes_the_umask_mode_and_a_write_fault_is_one_line(pan
     blocked = tmp_path / 'file'
     blocked.write_text('')
     code, _, stderr = _run(_argv(panoptic_set, str(blocked / 'metrics.json'), 'pq'))
-    assert code == 1 and stderr.splitlines()[-1] == f'error: {blocked}: File exists'  # not a folder
+    assert code == 2 and stderr.splitlines()[-1] == f'error: {blocked}: File exists'  # not a folder
 
 
 def test_a_full_disk_is_one_error_line_naming_the_file(panoptic_set, full_filesystem):
     out = full_filesystem / 'metrics.json'
     code, _, stderr = _run(_argv(panoptic_set, str(out), 'pq'))
-    assert code == 1 and 'Traceback' not in stderr
+    assert code == 2 and 'Traceback' not in stderr
     assert stderr.splitlines()[-1] == f'error: {out}: No space left on device'
     assert os.listdir(full_filesystem) == ['filler']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--metrics', 'pq,bogus'], r"error: --metrics: unknown \['bogus'\]; expected a comma-separated subset of .*"),
+    (['--num_workers', '-1'], r'error: --num_workers must be >= 0; received -1 .*'),
+    ([], r'error: the following arguments are required: --gt_json, --gt_folder, --pred_json, --pred_folder .*'),
+])
+def test_a_bad_flag_is_one_error_line_and_status_2(argv, message, capsys):
+    base = ['--gt_json', 'g', '--gt_folder', 'gf', '--pred_json', 'p', '--pred_folder', 'pf'] if argv else []
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(base + argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and re.fullmatch(message, err.strip()), err

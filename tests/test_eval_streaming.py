@@ -10,6 +10,8 @@ import pytest
 
 from deeplab_axial.data import dataset
 from evaluation import metrics as metric_table
+from evaluation.coco_instance_ap import COCO_AP_NAMES
+from evaluation.instance_ap import DEEPLAB2_AP_TAGS
 from evaluation.cityscapes_instance_ap import average_precision
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from evaluation.synthetic_panoptic import random_panoptic_pair
@@ -57,12 +59,17 @@ def test_summaries_carry_deeplab2s_tags_with_hand_computed_values():
     # PQ: disc IoU 4 / 7 (a thing; its 2 pixels on void leave the union), sky 7 / 10 (stuff), both matched (as
     # above). Mask AP: COCO's IoU keeps those pixels in the union, 4 / 9 < 0.5: the disc matches nothing.
     result = evaluator.result()
-    assert metric_table.summaries(result) == pytest.approx({
+    summaries = metric_table.summaries(result)
+    # deeplab2's 12 AP tags, each the COCO number of its position; the three checked by hand here.
+    assert [k for k in summaries if k.startswith('evaluation/ap/')] == [f'evaluation/ap/{t}' for t in DEEPLAB2_AP_TAGS]
+    assert all(summaries[f'evaluation/ap/{t}'] == result['ap'][n] for n, t in zip(COCO_AP_NAMES, DEEPLAB2_AP_TAGS))
+    unchecked = {f'evaluation/ap/{t}' for t in DEEPLAB2_AP_TAGS[3:]}
+    assert {k: v for k, v in summaries.items() if k not in unchecked} == pytest.approx({
         'evaluation/pq/PQ': (4 / 7 + 0.7) / 2, 'evaluation/pq/SQ': (4 / 7 + 0.7) / 2, 'evaluation/pq/RQ': 1.0,
         'evaluation/pq/PQ_Things': 4 / 7, 'evaluation/pq/SQ_Things': 4 / 7, 'evaluation/pq/RQ_Things': 1.0,
         'evaluation/pq/PQ_Stuff': 0.7, 'evaluation/pq/SQ_Stuff': 0.7, 'evaluation/pq/RQ_Stuff': 1.0,
         'evaluation/pq/TP': 1.0, 'evaluation/pq/FN': 0.0, 'evaluation/pq/FP': 0.0,
-        'evaluation/ap/AP_Mask': 0.0, 'evaluation/ap/AP50_Mask': 0.0, 'evaluation/ap/AP75_Mask': 0.0,
+        'evaluation/ap/AP_Mask': 0.0, 'evaluation/ap/AP_Mask_@IoU=0.5': 0.0, 'evaluation/ap/AP_Mask_@IoU=0.75': 0.0,
         'evaluation/iou/IoU': (4 / 7 + 0.7) / 2,
     })
     # A disc on 4 of the 6 GT disc pixels and nothing else: IoU 4 / 6 under either rule.
@@ -71,8 +78,8 @@ def test_summaries_carry_deeplab2s_tags_with_hand_computed_values():
     evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC, ['ap'])
     evaluator.update(gt, inside)
     summaries = metric_table.summaries(evaluator.result())
-    assert summaries == pytest.approx({'evaluation/ap/AP_Mask': 0.4, 'evaluation/ap/AP50_Mask': 1.0,
-                                       'evaluation/ap/AP75_Mask': 0.0})  # matched at 0.5 .. 0.65 of 0.5 .. 0.95
+    # Matched at 0.5 .. 0.65 of 0.5 .. 0.95.
+    assert [summaries[f'evaluation/ap/{t}'] for t in DEEPLAB2_AP_TAGS[:3]] == pytest.approx([0.4, 1.0, 0.0])
 
 
 def test_miou_from_semantic_prediction():

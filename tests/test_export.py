@@ -196,7 +196,7 @@ def test_export_equals_evaluation_on_the_eval_pipeline_sample(loaded_export, pan
                                                         sample[common.GT_SIZE_RESIZED][0],
                                                         sample[common.GT_SIZE_RAW][0])
         image = _raw_image(sample)
-        served = loaded_export.signatures['serving_default'](image=tf.constant(image))
+        served = loaded_export.signatures['serving_default'](input_tensor=tf.constant(image))
         assert set(served) == PANOPTIC_KEYS
         panoptic_map = served[common.PRED_PANOPTIC_KEY].numpy()
         assert panoptic_map.shape == (1,) + image.shape[:2] and panoptic_map.dtype == np.int32
@@ -213,7 +213,7 @@ def test_export_equals_evaluation_on_the_eval_pipeline_sample(loaded_export, pan
 
 def test_images_larger_than_the_crop_are_fitted_and_restored(loaded_export, panoptic, eval_samples):
     image = tf.image.resize(_raw_image(eval_samples[0]), [80, 120], method='nearest').numpy().astype(np.uint8)
-    served = loaded_export.signatures['serving_default'](image=tf.constant(image))
+    served = loaded_export.signatures['serving_default'](input_tensor=tf.constant(image))
     expected = _eval_path(panoptic, image)
     assert served[common.PRED_PANOPTIC_KEY].shape == (1, 80, 120)
     np.testing.assert_array_equal(served[common.PRED_PANOPTIC_KEY][0], expected[common.PRED_PANOPTIC_KEY])
@@ -224,7 +224,7 @@ def test_serve_batch_equals_serving_default_per_image(loaded_export, eval_sample
     batched = loaded_export.signatures['serve_batch'](images=tf.constant(images))
     assert set(batched) == PANOPTIC_KEYS
     for i, image in enumerate(images):
-        single = loaded_export.signatures['serving_default'](image=tf.constant(image))
+        single = loaded_export.signatures['serving_default'](input_tensor=tf.constant(image))
         np.testing.assert_array_equal(batched[common.PRED_PANOPTIC_KEY][i], single[common.PRED_PANOPTIC_KEY][0])
         # The batch size changes how oneDNN blocks the products (and where the attention splits its sequences into
         # halves): last-bit differences, amplified by the random weights to ~1e-5.
@@ -238,14 +238,20 @@ import numpy as np
 import tensorflow as tf
 loaded = tf.saved_model.load(sys.argv[1])
 image = np.load(sys.argv[2])
-out = loaded.signatures['serving_default'](image=tf.constant(image))
+# deeplab2's two ways: the module's own call on a uint8 image, and the signature with argument input_tensor.
+called = loaded(tf.cast(image, tf.uint8))
+out = loaded.signatures['serving_default'](input_tensor=tf.constant(image))
+assert sorted(called) == sorted(out), (sorted(called), sorted(out))
+for key in out:
+    np.testing.assert_array_equal(called[key].numpy(), out[key].numpy(), err_msg=key)
 np.save(sys.argv[3], out['panoptic_pred'].numpy())
 ours = sorted(m for m in sys.modules if m.split('.')[0] in ('deeplab_axial', 'trainer', 'evaluation'))
 print('PROJECT_MODULES', ours)
 '''
 
 
-def test_export_loads_in_a_process_without_the_project(panoptic_export, loaded_export, eval_samples, tmp_path):
+def test_export_is_called_the_deeplab2_way_in_a_process_without_the_project(panoptic_export, loaded_export,
+                                                                           eval_samples, tmp_path):
     image = _raw_image(eval_samples[1])
     np.save(tmp_path / 'image.npy', image)
     result = subprocess.run([sys.executable, '-c', _LOAD_WITHOUT_PROJECT, panoptic_export,
@@ -254,7 +260,7 @@ def test_export_loads_in_a_process_without_the_project(panoptic_export, loaded_e
                             env=dict(os.environ, PYTHONPATH=''))
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'PROJECT_MODULES []' in result.stdout
-    expected = loaded_export.signatures['serving_default'](image=tf.constant(image))[common.PRED_PANOPTIC_KEY]
+    expected = loaded_export.signatures['serving_default'](input_tensor=tf.constant(image))[common.PRED_PANOPTIC_KEY]
     np.testing.assert_array_equal(np.load(tmp_path / 'out.npy'), expected.numpy())
 
 
@@ -302,12 +308,14 @@ def test_classification_export_cli(workdir, tmp_path):
     checkpoint = _save_like_the_controller(model, str(tmp_path / 'ckpt'))
     output = str(tmp_path / 'classifier')
     command = [sys.executable, '-m', 'trainer.export_model', f'--experiment_option_path={CLASSIFICATION_CONFIG}',
-               '--config_param=DATA_DIR=/unused', f'--checkpoint_path={checkpoint}', f'--output_path={output}']
+               '--config_param=DATA_DIR=/unused', f'--checkpoint_path={checkpoint}', f'--output_path={output}',
+               '--merge_with_tf_op']  # deeplab2's flag: accepted, and said to have no effect
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert '--merge_with_tf_op has no effect' in result.stderr
     loaded = tf.saved_model.load(output)
     image = rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)
-    served = loaded.signatures['serving_default'](image=tf.constant(image))
+    served = loaded.signatures['serving_default'](input_tensor=tf.constant(image))
     crop = preprocessing.classification_eval(tf.constant(image, tf.float32), (32, 32))
     expected_logits = model(crop[None])[common.PRED_LOGITS_KEY].numpy()
     np.testing.assert_allclose(served[common.PRED_LOGITS_KEY].numpy(), expected_logits, rtol=1e-4, atol=1e-5)
@@ -344,7 +352,7 @@ def test_checkpoint_runner_equals_the_saved_model(runner, loaded_export, eval_sa
     small = _raw_image(eval_samples[0])
     large = tf.image.resize(small, [70, 100], method='nearest').numpy().astype(np.uint8)
     for image in (small, large):
-        served = loaded_export.signatures['serving_default'](image=tf.constant(image))
+        served = loaded_export.signatures['serving_default'](input_tensor=tf.constant(image))
         ours = runner([image])
         # A pixel whose two nearest centres are equally far to within the two graphs' float noise may go to either:
         # the random model has such pixels (squared-distance gaps of 0.003 px^2 against a noise of about 0.04).
@@ -372,12 +380,12 @@ def test_config_scales_and_flips_reach_the_export_and_the_checkpoint_path(panopt
                                            panoptic['checkpoint'])
     assert multi.scales == (0.75, 1.0) and multi.flip
     image = _raw_image(eval_samples[0])
-    served = tf.saved_model.load(output).signatures['serving_default'](image=tf.constant(image))
+    served = tf.saved_model.load(output).signatures['serving_default'](input_tensor=tf.constant(image))
     ours = multi([image])
     np.testing.assert_array_equal(ours[common.PRED_PANOPTIC_KEY], served[common.PRED_PANOPTIC_KEY].numpy())
     np.testing.assert_allclose(ours[common.PRED_SEMANTIC_PROBS_KEY], served[common.PRED_SEMANTIC_PROBS_KEY],
                                atol=5e-4)
-    single = loaded_export.signatures['serving_default'](image=tf.constant(image))
+    single = loaded_export.signatures['serving_default'](input_tensor=tf.constant(image))
     assert np.abs(single[common.PRED_SEMANTIC_PROBS_KEY].numpy() - ours[common.PRED_SEMANTIC_PROBS_KEY]).max() > 1e-2
 
 

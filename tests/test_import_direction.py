@@ -24,7 +24,7 @@ _LIBRARY_LEVELS = ('base', 'data', 'model', 'configs', 'inference', 'tools')
 # deeplab_axial's first name below the package -> its level in _LIBRARY_LEVELS ('' is the package itself).
 LIBRARY_LAYERS = {
     '': 'base', 'common': 'base', 'io_errors': 'base', 'temp_files': 'base', 'atomic_files': 'base',
-    'resize': 'base', 'unsupported_fields': 'base', 'protos': 'base',
+    'resize': 'base', 'unsupported_fields': 'base', 'protos': 'base', 'cli': 'base',
     'data': 'data',
     'model': 'model',
     'config_utils': 'configs', 'vis': 'configs',

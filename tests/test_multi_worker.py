@@ -121,7 +121,8 @@ def two_workers(data_dir, tmp_path_factory):
 def test_only_the_chief_writes_one_checkpoint_series(two_workers):
     names = sorted(os.listdir(two_workers['snapshot']))
     checkpoints = [n for n in names if n.startswith('ckpt-')]
-    assert checkpoints == ['ckpt-2.data-00000-of-00001', 'ckpt-2.index', 'ckpt-4.data-00000-of-00001', 'ckpt-4.index']
+    assert checkpoints == ['ckpt-0.data-00000-of-00001', 'ckpt-0.index', 'ckpt-2.data-00000-of-00001', 'ckpt-2.index',
+                           'ckpt-4.data-00000-of-00001', 'ckpt-4.index']
     assert set(names) - set(checkpoints) == {'checkpoint', 'config.textproto', 'eval', 'eval_results.json',
                                              'predictions', 'train'}
     assert os.listdir(two_workers['scratch']) == []  # the other worker's scratch checkpoints and PNGs are gone
@@ -254,7 +255,8 @@ def test_preemption_saves_on_both_workers_and_the_restart_resumes(tmp_path):
     assert saved is not None
     step = int(saved.rsplit('-', 1)[1])
     assert step > 0 and step % 5 == 0
-    assert sorted(n for n in os.listdir(tmp_path / 'model') if n.endswith('.index')) == [f'ckpt-{step}.index']
+    assert sorted(n for n in os.listdir(tmp_path / 'model') if n.endswith('.index')) == ['ckpt-0.index',
+                                                                                        f'ckpt-{step}.index']
 
     with _small_model_cluster(tmp_path, 'logs_restart', step + 5) as cluster:
         codes = cluster.wait(120)

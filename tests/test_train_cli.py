@@ -64,10 +64,9 @@ def _assert_same(a: str, b: str) -> None:
 
 
 def _latest_step(experiment_dir: str) -> int:
-    """The step a restart resumes from: the checkpoint state file's latest entry (a `ckpt-N.index` written before the
-    state file is updated is not a checkpoint yet), 0 when there is none."""
-    latest = tf.train.latest_checkpoint(experiment_dir) if os.path.isdir(experiment_dir) else None
-    return int(latest.rsplit('-', 1)[1]) if latest else 0
+    """The step of the checkpoint the `checkpoint` file names (what a rerun restores); 0 without one."""
+    path = tf.train.latest_checkpoint(experiment_dir) if os.path.isdir(experiment_dir) else None
+    return int(path.rsplit('-', 1)[1]) if path else 0
 
 
 def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path):
@@ -87,10 +86,12 @@ def test_seeded_kill_and_rerun_equals_an_uninterrupted_run(config_file, tmp_path
         # A second trainer on the same folder, while the first builds and trains: refused, naming the holder.
         second = subprocess.run(_command(config_file, interrupted, seed=8), cwd=_REPO, env=_ENV,
                                 capture_output=True, text=True, timeout=_TIMEOUT)
-        assert second.returncode == 1, second.stderr[-3000:]
+        assert second.returncode == 2, second.stderr[-3000:]  # a user error (cli.EXIT_USER_ERROR)
         assert 'is in use by another trainer (host ' in second.stderr and f'pid {first.pid},' in second.stderr
         assert 'Traceback' not in second.stderr
-        while not _latest_step(experiment_dir) and first.poll() is None and time.time() < deadline:
+        # ckpt-0 (the initial state) comes first; wait until the `checkpoint` file names a trained one (its .index
+        # appears before the file is updated: a kill in between would leave the rerun to restore the one before).
+        while _latest_step(experiment_dir) == 0 and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         running = first.poll() is None
         first.send_signal(signal.SIGKILL)

@@ -86,12 +86,14 @@ def resumed_run(data_dir, tmp_path_factory):
                              f'--model_dir={root}'], cwd=_REPO, env=_ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
-    while not _checkpoint_steps(experiment_dir) and proc.poll() is None and time.time() < deadline:
+    # ckpt-0 (the initial state) comes first; wait for a trained one.
+    while max(_checkpoint_steps(experiment_dir), default=0) == 0 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
-    assert alive and _checkpoint_steps(experiment_dir), stderr[-3000:]
+    assert alive and max(_checkpoint_steps(experiment_dir), default=0) > 0, stderr[-3000:]
+    assert _checkpoint_steps(experiment_dir)[0] == 0
     killed_at = max(_checkpoint_steps(experiment_dir))
 
     config = _panoptic_config(data_dir, steps=killed_at + 2)
@@ -138,12 +140,14 @@ def test_train_and_eval_writes_metrics_summaries_and_predictions(resumed_run):
     for path in tf.io.gfile.glob(os.path.join(experiment_dir, 'eval', 'events.*')):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
-    assert {'evaluation/pq/PQ', 'evaluation/iou/IoU', 'vis/prediction_vs_ground_truth/0'} <= tags
+    assert {'evaluation/pq/PQ', 'evaluation/pq/TP', 'evaluation/iou/IoU', 'evaluation/ap/AP_Mask_@IoU=0.5',
+            'losses/eval_total_loss', 'losses/eval_center_loss', 'vis/prediction_vs_ground_truth/0'} <= tags
+    assert np.isfinite(metrics['losses/eval_total_loss']) and metrics['losses/eval_total_loss'] > 0
     train_tags = set()
     for path in tf.io.gfile.glob(os.path.join(experiment_dir, 'train', 'events.*')):
         for event in tf.compat.v1.train.summary_iterator(path):
             train_tags.update(v.tag for v in event.summary.value)
-    assert {'losses/total_loss', 'losses/center_loss', 'learning_rate'} <= train_tags
+    assert {'losses/train_total_loss', 'losses/train_center_loss', 'learning_rate'} <= train_tags  # deeplab2's
 
 
 def test_saved_predictions_are_scored_by_the_evaluation_cli_like_in_memory(resumed_run):
@@ -310,6 +314,9 @@ def test_classification_train_and_eval(data_dir, tmp_path, monkeypatch):
     assert 0.5 * np.log(6) < out['train']['classification_loss'] < 3 * np.log(6)
     top1, top5 = out['eval'][classification_task.TOP1_KEY], out['eval'][classification_task.TOP5_KEY]
     assert 0.0 <= top1 <= top5 <= 1.0
+    # The loss on the eval images (deeplab2's eval loss tags), near log(6) as well.
+    assert out['eval']['losses/eval_total_loss'] == out['eval']['losses/eval_classification_loss']
+    assert 0.5 * np.log(6) < out['eval']['losses/eval_classification_loss'] < 3 * np.log(6)
     # Probabilities averaged over the 32 x 32 eval crop and its 1.5x (47 x 47), each plain and mirrored.
     assert calls and all(c == ((1.0, 1.5), True, [(32, 32)] * 2 + [(47, 47)] * 2) for c in calls)
     with open(tmp_path / eval_results.EVAL_RESULTS_NAME) as f:

@@ -22,13 +22,13 @@ def test_parse_config_params():
 
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 def test_prepare_experiment_resolves_config_and_writes_nothing(tmp_path, mode):
-    """The folder is made; the config copy is training's to write, under its lock (train_lib.run_experiment)."""
+    """Nothing is written: the folder is training's to make, under its lock (train_lib.run_experiment)."""
     config, experiment_dir, strategy = train.prepare_experiment(
         _TINY, mode, str(tmp_path), config_params=['DATA_DIR=/data/synth'])
     assert experiment_dir == os.path.join(str(tmp_path), 'synthetic_axial_deeplab_tiny')
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
     assert list(config.train_dataset_options.file_pattern) == ['/data/synth/train*.tfrecord']
-    assert os.listdir(experiment_dir) == []
+    assert os.listdir(tmp_path) == []
 
 
 def test_prepare_experiment_errors(tmp_path):

@@ -49,14 +49,13 @@ def _config(name='axial_deeplab_tiny', snippet=''):
     ('evaluator_options { thing_area_limit: 100 }', 'evaluator_options.thing_area_limit'),
     ('evaluator_options { save_raw_predictions: true }', 'evaluator_options.save_raw_predictions'),
     ('evaluator_options { override_save_dir: "/out" }', 'evaluator_options.override_save_dir'),
-    ('evaluator_options { detailed_ap_metrics: true }', 'evaluator_options.detailed_ap_metrics'),
     # MaX-DeepLab-only fields are rejected even at deeplab2's default value: they configure nothing here.
     ('evaluator_options { pixel_confidence_threshold: 0.4 }', 'evaluator_options.pixel_confidence_threshold'),
 ])
 def test_unbuilt_option_is_rejected_by_field_path(snippet, field):
     with pytest.raises(config_utils.ConfigError) as e:
         config_utils.validate(_config(snippet=snippet))
-    assert f'- {field} must' in str(e.value)
+    assert f'{field} must' in str(e.value) and '\n' not in str(e.value)
 
 
 def test_every_violation_is_reported_at_once_with_the_received_value():
@@ -105,6 +104,7 @@ _NO_EFFECT = {
     'raw_panoptic_format': 'only read with save_raw_predictions, which is rejected',
     'convert_raw_to_eval_ids': 'only read with save_raw_predictions, which is rejected',
     'merge_semantic_and_instance_with_tf_op': 'the merge is always TensorFlow ops (documented in the proto)',
+    'detailed_ap_metrics': "the 12 COCO AP/AR summaries are always written under deeplab2's tags",
 }
 
 

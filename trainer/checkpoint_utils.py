@@ -29,22 +29,36 @@ def items_to_restore(model_options: model_pb2.ModelOptions, checkpoint_items: Ma
     return items
 
 
+class InitialCheckpointError(ValueError):
+    """model_options.initial_checkpoint cannot initialise the model; the message names the checkpoint."""
+
+
+def initial_checkpoint_prefix(path: str) -> str:
+    """The checkpoint prefix `initial_checkpoint` names: the prefix itself, or a folder's newest checkpoint.
+
+    Raises:
+      InitialCheckpointError: `path` names neither a checkpoint prefix nor a folder holding one.
+    """
+    prefix = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else path
+    if not prefix or not tf.io.gfile.exists(prefix + '.index'):
+        raise InitialCheckpointError(f'model_options.initial_checkpoint {path!r} is not a checkpoint (no '
+                                     f'{path}.index) nor a folder holding one')
+    return prefix
+
+
 def make_init_fn(model_options: model_pb2.ModelOptions,
                  checkpoint_items: Mapping[str, Any]) -> Callable[[], None]:
     """Returns init_fn for the Controller; a no-op when no initial checkpoint is configured.
 
     Raises (when called):
-      ValueError: initial_checkpoint names neither a checkpoint prefix nor a folder holding one.
+      InitialCheckpointError: initial_checkpoint is no checkpoint, or none that matches the model.
     """
     path = model_options.initial_checkpoint
 
     def init_fn() -> None:
         if not path:
             return
-        prefix = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else path
-        if not prefix or not tf.io.gfile.exists(prefix + '.index'):
-            raise ValueError(f'model_options.initial_checkpoint {path!r} is not a checkpoint (no {path}.index) nor '
-                             'a folder holding one')
+        prefix = initial_checkpoint_prefix(path)
         items = items_to_restore(model_options, checkpoint_items)
         if deeplab2_checkpoint.is_deeplab2_checkpoint(prefix):
             _init_from_deeplab2(model_options, items, prefix)
@@ -60,7 +74,7 @@ def make_init_fn(model_options: model_pb2.ModelOptions,
                 status = tf.train.Checkpoint(**{name: item}).read(prefix)
                 status.assert_existing_objects_matched()
             except (AssertionError, ValueError) as e:
-                raise ValueError(
+                raise InitialCheckpointError(
                     f'model_options.initial_checkpoint {prefix}: {name!r} does not match the model (a different '
                     'architecture, width or class count? set restore_semantic_last_layer_from_initial_checkpoint / '
                     f'restore_instance_last_layer_from_initial_checkpoint to false to re-initialise heads): {e}'
@@ -68,8 +82,8 @@ def make_init_fn(model_options: model_pb2.ModelOptions,
             status.expect_partial()
             restored.append(name)
         if not restored:
-            raise ValueError(f'model_options.initial_checkpoint {prefix} holds none of {sorted(items)}; its top-level '
-                             f'items are {sorted(in_checkpoint)}')
+            raise InitialCheckpointError(f'model_options.initial_checkpoint {prefix} holds none of {sorted(items)}; its '
+                                         f'top-level items are {sorted(in_checkpoint)}')
         logging.info('Initialised %s from %s (not in it: %s)', restored, prefix, absent)
 
     return init_fn
@@ -80,8 +94,8 @@ def _init_from_deeplab2(model_options: model_pb2.ModelOptions, items: Mapping[st
     ImageNet one)."""
     entry = registry.MODELS.get(model_options.backbone.name)
     if not model_options.backbone.deeplab2_layout and not (entry and entry.is_deeplab2_family):
-        raise ValueError(f'model_options.initial_checkpoint {prefix} is a deeplab2 checkpoint: set '
-                         'model_options.backbone.deeplab2_layout: true so that the encoder has its layout')
+        raise InitialCheckpointError(f'model_options.initial_checkpoint {prefix} is a deeplab2 checkpoint: set '
+                                     'model_options.backbone.deeplab2_layout: true so that the encoder has its layout')
     readable = deeplab2_checkpoint.readable_items(prefix)
     chosen = {name: item for name, item in items.items() if name in readable}
     assigned = deeplab2_checkpoint.load_deeplab2_checkpoint(chosen, prefix)

@@ -1,10 +1,11 @@
 """The classification task (ImageNet-style pre-training): loss with label smoothing and top-1/top-5 evaluation.
 
-With several workers each evaluates its share of the records and the correct counts are summed over workers.
+Evaluation also reports the training loss on the eval images (`losses/eval_total_loss`, deeplab2's tags). With several
+workers each evaluates its share of the records and the correct counts and loss sums are summed over workers.
 """
 
 import math
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -19,22 +20,37 @@ from deeplab_axial.protos import config_pb2
 from trainer import cluster
 from trainer import eval_results
 from trainer import replica_eval
+from trainer import summaries
 
 OUTPUT_KEYS = (common.TOTAL_LOSS, common.CLASSIFICATION_LOSS)
 TOP1_KEY = 'evaluation/accuracy/top1'
 TOP5_KEY = 'evaluation/accuracy/top5'
 
 
-def make_loss_fn(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
-                 model: keras.Model) -> Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]:
-    """loss_fn(batch) -> per-example {total_loss, classification_loss} [batch] (weighted, label-smoothed)."""
+LossOfLogits = Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]
+
+
+def build_loss(config: config_pb2.ExperimentOptions) -> LossOfLogits:
+    """loss(labels [batch], logits [batch, classes]) -> per-example {total_loss, classification_loss} [batch]
+    (weighted, label-smoothed, as trainer_options.loss_options.classification_loss says)."""
     options = config.trainer_options.loss_options.classification_loss
     weight, smoothing = options.weight, options.label_smoothing
 
+    def loss(labels: tf.Tensor, logits: tf.Tensor) -> Dict[str, tf.Tensor]:
+        value = classification_loss(labels, logits, smoothing) * weight
+        return {common.TOTAL_LOSS: value, common.CLASSIFICATION_LOSS: value}
+
+    return loss
+
+
+def make_loss_fn(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
+                 model: keras.Model) -> Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]:
+    """loss_fn(batch) -> per-example {total_loss, classification_loss} [batch] (`build_loss`)."""
+    loss = build_loss(config)
+
     def loss_fn(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         logits = model(inputs[common.IMAGE], training=True)[common.PRED_LOGITS_KEY]
-        loss = classification_loss(inputs[common.GT_CLASS_LABEL_KEY], logits, smoothing) * weight
-        return {common.TOTAL_LOSS: loss, common.CLASSIFICATION_LOSS: loss}
+        return loss(inputs[common.GT_CLASS_LABEL_KEY], logits)
 
     return loss_fn
 
@@ -51,12 +67,15 @@ class ClassificationEval:
       global_step: the controller's step variable.
       scales: input scales whose class probabilities are averaged (evaluator_options.eval_scales).
       flip: also average over horizontally flipped images (evaluator_options.add_flipped_images).
+      loss: `build_loss(config)`, whose means over the eval images are reported as `losses/eval_<name>`; None: no
+        evaluation losses.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, batch_size: int,
                  crop_size: Tuple[int, int], experiment_dir: str, global_step: tf.Variable,
-                 scales: Sequence[float] = (1.0,), flip: bool = False):
+                 scales: Sequence[float] = (1.0,), flip: bool = False, loss: Optional[LossOfLogits] = None):
         self._model = model
+        self._loss = loss
         self._crop_size = tuple(crop_size)
         self._scales = tuple(scales)
         self._flip = flip
@@ -71,14 +90,21 @@ class ClassificationEval:
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        return {common.PRED_LOGITS_KEY: inference_path.classification_logits(self._model, images, self._scales,
-                                                                             self._flip)}
+        logits = inference_path.classification_logits(self._model, images, self._scales, self._flip)
+        outputs = {common.PRED_LOGITS_KEY: logits}
+        if self._loss is not None:
+            outputs.update(self._loss(inputs[common.GT_CLASS_LABEL_KEY], logits))
+        return outputs
 
     def reset(self) -> None:
         self._top1 = self._top5 = self._count = 0
+        self._loss_sums = np.zeros(len(OUTPUT_KEYS), np.float64)
 
     def update(self, batch: Dict[str, tf.Tensor]) -> None:
-        logits = self._runner({common.IMAGE: batch[common.IMAGE]})[common.PRED_LOGITS_KEY]
+        outputs = self._runner({k: batch[k] for k in (common.IMAGE, common.GT_CLASS_LABEL_KEY)})
+        logits = outputs[common.PRED_LOGITS_KEY]
+        if self._loss is not None:
+            self._loss_sums += [np.sum(outputs[k], dtype=np.float64) for k in OUTPUT_KEYS]
         labels = batch[common.GT_CLASS_LABEL_KEY].numpy()
         k = min(5, logits.shape[-1])
         # Stable sort: ties go to the lower class id, as tf.math.top_k.
@@ -88,11 +114,13 @@ class ClassificationEval:
         self._count += len(labels)
 
     def result(self) -> Dict[str, float]:
-        top1, top5, count = np.sum(cluster.gather_objects(
-            self._strategy, self._worker, (self._top1, self._top5, self._count)), axis=0).tolist()
+        top1, top5, count, *loss_sums = np.sum(cluster.gather_objects(
+            self._strategy, self._worker, (self._top1, self._top5, self._count, *self._loss_sums)), axis=0).tolist()
         if not count:
             raise ValueError('ClassificationEval: the eval dataset gave no examples')
         metrics = {TOP1_KEY: top1 / count, TOP5_KEY: top5 / count}
+        if self._loss is not None:
+            metrics.update({summaries.EVAL_LOSS_TAG + k: v / count for k, v in zip(OUTPUT_KEYS, loss_sums)})
         if self._worker.is_chief:
             eval_results.write_eval_results(self._experiment_dir, int(self._global_step.numpy()), metrics,
                                             {'num_examples': count})
@@ -103,8 +131,9 @@ class ClassificationEval:
 def build_evaluator(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
                     strategy: tf.distribute.Strategy, model: keras.Model, crop_size: Tuple[int, int],
                     experiment_dir: str, global_step: tf.Variable) -> ClassificationEval:
-    """Top-1/top-5 evaluation of the classifier, averaged over evaluator_options' scales and flips."""
+    """Top-1/top-5 evaluation of the classifier, averaged over evaluator_options' scales and flips, and the training
+    loss on the eval images."""
     del descriptor  # The classes come from the model.
     return ClassificationEval(strategy, model, config.eval_dataset_options.batch_size, crop_size, experiment_dir,
                               global_step, scales=config_utils.eval_scales(config.evaluator_options),
-                              flip=config.evaluator_options.add_flipped_images)
+                              flip=config.evaluator_options.add_flipped_images, loss=build_loss(config))

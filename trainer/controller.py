@@ -4,8 +4,11 @@
   TPUs need); each step is `strategy.run(train_step_fn)` and its per-replica outputs are summed over replicas.
 - A global step variable, a tf.train.Checkpoint of {global_step, checkpoint items, train iterator} and a
   CheckpointManager (every `checkpoint_interval` steps, newest `max_to_keep` kept) give exact resumption: weights,
-  optimizer slots, the step and the position in the input pipeline.
-- TensorBoard summaries under model_dir/train and model_dir/eval, a progress line with images/s and ETA.
+  optimizer slots, the step and the position in the input pipeline. A run that starts without a checkpoint saves
+  the initial state first (`ckpt-0`, as deeplab2).
+- TensorBoard summaries under model_dir/train and model_dir/eval (deeplab2's tags: `losses/train_total_loss`, ...),
+  a progress line with images/s and the ETA of the remaining steps at the rate of the loops after the first (the
+  first includes tracing the step, which takes longer than many steps on short runs).
 - A non-finite loss stops training at the step it appears, without saving, naming the last good checkpoint.
 - `evaluate_continuously` follows new checkpoints with tf.train.checkpoints_iterator.
 - Several workers (MultiWorkerMirroredStrategy; trainer/cluster.py) follow tf.distribute's conventions: every worker
@@ -163,6 +166,8 @@ class Controller:
         else:
             self._train_writer = self._eval_writer = tf.summary.create_noop_writer()
         restored = self._manager.latest_checkpoint
+        # Every worker restored the same (checked below), so all of them take part in the ckpt-0 save or none does.
+        self._start_with_initial_save = not restored
         if restored:
             status = self._checkpoint.restore(restored)
             if train_dataset is None:
@@ -254,23 +259,27 @@ class Controller:
         return stop
 
     def _log_progress(self, step: int, end: int, losses: Dict[str, float], seconds: float, steps: int,
-                      start_time: float, start_step: int) -> None:
+                      timed_seconds: float, timed_steps: int) -> None:
+        """Logs one loop: `steps` in `seconds`; the ETA uses `timed_steps` in `timed_seconds` (the loops after the
+        first, none before the second loop)."""
         rate = steps / max(seconds, 1e-9)
-        done = step - start_step
-        eta = (time.time() - start_time) / max(done, 1) * (end - step)
+        if timed_steps:
+            eta = f'ETA {datetime.timedelta(seconds=int(timed_seconds / timed_steps * (end - step)))}'
+        else:
+            eta = 'ETA after the next loop (this one traced the step)' if step < end else 'done'
         parts = [f'step {step}/{end} ({100.0 * step / end:.0f}%)',
                  ' '.join(f'{k} {v:.4g}' for k, v in losses.items())]
         if self._learning_rate_fn is not None:
             parts.append(f'lr {float(self._learning_rate_fn()):.3g}')
         if self._global_batch_size:
             parts.append(f'{rate * self._global_batch_size:.1f} images/s')
-        parts.append(f'{rate:.2f} steps/s, ETA {datetime.timedelta(seconds=int(eta))}')
+        parts.append(f'{rate:.2f} steps/s, {eta}')
         logging.info(' | '.join(parts))
 
     def _write_train_summaries(self, step: int, losses: Dict[str, float], steps_per_second: float) -> None:
         with self._train_writer.as_default(step=step):
             for k, v in losses.items():
-                summaries.scalar(f'losses/{k}', v, step)
+                summaries.scalar(summaries.TRAIN_LOSS_TAG + k, v, step)
             if self._learning_rate_fn is not None:
                 summaries.scalar('learning_rate', float(self._learning_rate_fn()), step)
             summaries.scalar('steps_per_second', steps_per_second, step)
@@ -319,8 +328,11 @@ class Controller:
 
     def _train(self, steps: int, intervals: Sequence[int], eval_interval: Optional[int],
                eval_steps: int) -> Dict[str, float]:
-        step = start_step = self.global_step
-        start_time = time.time()
+        step = self.global_step
+        if self._start_with_initial_save:
+            self._start_with_initial_save = False
+            self._save(step)
+        timed_seconds, timed_steps, first_loop = 0.0, 0, True
         means: Dict[str, float] = {}
         while step < steps:
             stop = self._next_stop(step, steps, intervals)
@@ -337,7 +349,10 @@ class Controller:
             if not all(math.isfinite(v) for v in last_out.values()):
                 raise self._non_finite(step, last_out)
             means = mean_out
-            self._log_progress(step, steps, means, seconds, ran, start_time, start_step)
+            if not first_loop:
+                timed_seconds, timed_steps = timed_seconds + seconds, timed_steps + ran
+            first_loop = False
+            self._log_progress(step, steps, means, seconds, ran, timed_seconds, timed_steps)
             if step % self._summary_interval == 0 or step == steps:
                 self._write_train_summaries(step, means, ran / max(seconds, 1e-9))
             if step % self._checkpoint_interval == 0 or step == steps:

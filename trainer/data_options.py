@@ -1,6 +1,8 @@
 """Maps a config's `DatasetOptions` (train_dataset_options / eval_dataset_options) onto input_pipeline.DataOptions.
 
-One function, so that every trainer mode, the benchmarks and the tests read the config the same way.
+One function, so that every trainer mode, the benchmarks and the tests read the config the same way. A TFDS source
+(`file_pattern: "tfds:<name>"`) reads `tfds_split` (unset: "train" for training, "validation" for evaluation) from the
+prepared copy in `tfds_data_dir` (unset: TFDS's default folder).
 """
 
 from typing import Optional
@@ -10,14 +12,15 @@ from deeplab_axial.data import dataset as dataset_lib
 from deeplab_axial.data import input_pipeline
 from deeplab_axial.protos import dataset_pb2
 
+TRAIN_TFDS_SPLIT = 'train'
+EVAL_TFDS_SPLIT = 'validation'
 
-def _single(options: dataset_pb2.DatasetOptions, field: str) -> int:
-    """deeplab2 declares the resize values repeated; the pipeline takes one value (none = 0 = off)."""
-    values = list(getattr(options, field))
-    if len(values) > 1:
-        raise ValueError(f'DatasetOptions.{field} of {options.dataset!r} must hold at most one value. '
-                         f'Received: {values}')
-    return values[0] if values else 0
+
+def tfds_split(options: dataset_pb2.DatasetOptions, is_training: bool) -> str:
+    """The TFDS split a dataset block reads: its `tfds_split`, else train's or validation's."""
+    if options.HasField('tfds_split'):
+        return options.tfds_split
+    return TRAIN_TFDS_SPLIT if is_training else EVAL_TFDS_SPLIT
 
 
 def to_data_options(options: dataset_pb2.DatasetOptions, descriptor: dataset_lib.DatasetDescriptor, *,
@@ -34,18 +37,18 @@ def to_data_options(options: dataset_pb2.DatasetOptions, descriptor: dataset_lib
       DataOptions with the GLOBAL batch size of the config; evaluation keeps the last partial batch.
 
     Raises:
-      config_utils.ConfigError: crop_size does not hold two positive values.
-      ValueError: a resize field holds several values.
+      config_utils.ConfigError: crop_size does not hold two positive values, or a resize field several values.
     """
-    crop = config_utils.crop_size(options, 'train_dataset_options' if is_training else 'eval_dataset_options')
+    block = 'train_dataset_options' if is_training else 'eval_dataset_options'
+    crop = config_utils.crop_size(options, block)
     aug = options.augmentations
     return input_pipeline.DataOptions(
         dataset=descriptor,
         file_pattern=list(options.file_pattern),
         batch_size=options.batch_size,
         crop_size=crop,
-        min_resize_value=_single(options, 'min_resize_value'),
-        max_resize_value=_single(options, 'max_resize_value'),
+        min_resize_value=config_utils.single_value(options, block, 'min_resize_value'),
+        max_resize_value=config_utils.single_value(options, block, 'max_resize_value'),
         resize_factor=options.resize_factor,
         min_scale_factor=aug.min_scale_factor if is_training else 1.0,
         max_scale_factor=aug.max_scale_factor if is_training else 1.0,
@@ -62,4 +65,6 @@ def to_data_options(options: dataset_pb2.DatasetOptions, descriptor: dataset_lib
         shuffle_buffer_size=options.shuffle_buffer_size,
         drop_remainder=is_training,
         repeat=is_training,
+        tfds_split=tfds_split(options, is_training),
+        tfds_data_dir=options.tfds_data_dir or None,
     )

@@ -1,6 +1,6 @@
 r"""The README's main command: the whole product on the built-in synthetic dataset, on a CPU, in a few minutes.
 
-    python -m trainer.demo [--output_dir demo_output] [--overwrite]
+    python -m trainer.demo [--output_dir demo_output] [--overwrite] [--seed 0]
 
 1. writes the synthetic panoptic dataset in COCO panoptic layout and converts it with the COCO converter;
 2. trains `configs/synthetic/axial_deeplab_tiny.textproto` (train_and_eval: PQ/AP/mIoU at the end);
@@ -15,27 +15,20 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up banner would bury the demo's output.
 
 import json  # noqa: E402
+import logging as std_logging  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Dict, Sequence  # noqa: E402
 
-import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from deeplab_axial import atomic_files  # noqa: E402
-from deeplab_axial.data import build_coco_data  # noqa: E402
-from deeplab_axial.data import dataset  # noqa: E402
-from deeplab_axial.data import synthetic  # noqa: E402
-from deeplab_axial.inference import saved_model_export  # noqa: E402
-from deeplab_axial import predict  # noqa: E402
-from deeplab_axial import vis  # noqa: E402
+# Defines the trainer's flags, --seed among them (the demo's seed); imports no TensorFlow. The demo's other modules
+# load TensorFlow and are imported where they are used, so that --help answers at once.
 from trainer import train  # noqa: E402
-from trainer import train_lib  # noqa: E402
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'synthetic',
                            'axial_deeplab_tiny.textproto')
@@ -44,7 +37,7 @@ PICTURE_ZOOM = 3  # the synthetic images are 96x128: enlarged so that the class 
 
 flags.DEFINE_string('output_dir', 'demo_output', 'Everything the demo writes goes here.')
 flags.DEFINE_bool('overwrite', False, 'Delete an existing --output_dir first.')
-flags.DEFINE_integer('seed', 0, 'Seed of the dataset, the weights and the input pipeline.')
+flags.declare_key_flag('seed')  # the trainer's --seed seeds the dataset too; listed by the demo's --help
 
 
 def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -57,6 +50,8 @@ def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
 
 def make_data(data_dir: str, seed: int) -> str:
     """Synthetic COCO-layout dataset plus its TFRecords (through the real COCO converter); returns the records dir."""
+    from deeplab_axial.data import build_coco_data  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.data import synthetic  # pylint: disable=g-import-not-at-top
     synthetic.write_panoptic_dataset(data_dir, seed=seed)
     tfrecord_dir = os.path.join(data_dir, 'tfrecord')
     for split in ('train', 'val'):
@@ -66,6 +61,13 @@ def make_data(data_dir: str, seed: int) -> str:
 
 def write_picture(data_dir: str, prediction_dir: str, path: str) -> None:
     """The first validation image, its predicted panoptic map and its ground truth, side by side."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from deeplab_axial import atomic_files  # pylint: disable=g-import-not-at-top
+    from deeplab_axial import predict  # pylint: disable=g-import-not-at-top
+    from deeplab_axial import vis  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.data import build_coco_data  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.data import dataset  # pylint: disable=g-import-not-at-top
     descriptor = dataset.get('synthetic_panoptic')
     with open(os.path.join(data_dir, 'annotations', 'panoptic_val2017.json')) as f:
         gt = json.load(f)
@@ -92,14 +94,25 @@ def _summary_line(name: str, pq: float, ap: float, miou: float, miou_source: str
     return f'{name:<44} PQ {pq:.3f}   AP {ap:.3f}   mIoU {miou:.3f} ({miou_source})'
 
 
+def _stage(number: int, text: str) -> None:
+    """Announces a step of the demo (printed at once: the steps take minutes)."""
+    print(f'[{number}/5] {text}', flush=True)
+
+
 def run_demo(output_dir: str, seed: int = 0) -> Dict[str, Dict[str, float]]:
     """Runs steps 1-5 (see the module docstring); returns the trainer's and the CLI's metrics."""
+    from deeplab_axial import predict  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.inference import saved_model_export  # pylint: disable=g-import-not-at-top
+    from trainer import train_lib  # pylint: disable=g-import-not-at-top
     times = {}
+    _stage(1, 'Writing the synthetic dataset and converting it to TFRecords ...')
     start = time.time()
     data_dir = os.path.join(output_dir, 'data')
     tfrecord_dir = make_data(data_dir, seed)
     times['data'] = time.time() - start
 
+    _stage(2, 'Training and evaluating the tiny Axial-DeepLab (a progress line every few steps; the first one comes '
+              'after the step is traced, about a minute) ...')
     start = time.time()
     model_dir = os.path.join(output_dir, 'model')
     config, experiment_dir, strategy = train.prepare_experiment(
@@ -107,11 +120,13 @@ def run_demo(output_dir: str, seed: int = 0) -> Dict[str, Dict[str, float]]:
     results = train_lib.run_experiment(config, 'train_and_eval', experiment_dir, strategy, seed=seed)
     times['train_and_eval'] = time.time() - start
 
+    _stage(3, 'Exporting a SavedModel ...')
     start = time.time()
     export_dir = os.path.join(output_dir, 'export')
     saved_model_export.export(config, experiment_dir, export_dir)
     times['export'] = time.time() - start
 
+    _stage(4, 'Predicting on the validation images with the SavedModel and scoring the files ...')
     start = time.time()
     prediction_dir = os.path.join(output_dir, 'predictions')
     gt_json = os.path.join(data_dir, 'annotations', 'panoptic_val2017.json')
@@ -129,6 +144,7 @@ def run_demo(output_dir: str, seed: int = 0) -> Dict[str, Dict[str, float]]:
                     '--output_json', evaluation_json], check=True)
     with open(evaluation_json) as f:
         cli = json.load(f)
+    _stage(5, 'Drawing a prediction beside its ground truth ...')
     write_picture(data_dir, prediction_dir, os.path.join(output_dir, PICTURE_NAME))
     times['predict_and_evaluate'] = time.time() - start
 
@@ -145,13 +161,26 @@ def run_demo(output_dir: str, seed: int = 0) -> Dict[str, Dict[str, float]]:
     return {'trainer': trained, 'cli': cli, 'seconds': times}
 
 
+def _show_training_progress() -> None:
+    """Shows the controller's INFO lines (step, losses, images/s, ETA; the evaluation results) and only warnings
+    and errors of everything else."""
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(
+        lambda record: record.levelno >= std_logging.WARNING or record.module == 'controller')
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     _prepare_output_dir(flags.FLAGS.output_dir, flags.FLAGS.overwrite)
-    logging.set_verbosity(logging.WARNING)
-    run_demo(flags.FLAGS.output_dir, flags.FLAGS.seed)
+    _show_training_progress()
+    run_demo(flags.FLAGS.output_dir, 0 if flags.FLAGS.seed is None else flags.FLAGS.seed)
+
+
+def run() -> None:
+    """Console-script entry (`python -m trainer.demo` calls the same)."""
+    app.run(main)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    run()

@@ -7,34 +7,41 @@ r"""Exports a trained model as a SavedModel (deeplab2's `export_model.py` comman
 The export itself is `deeplab_axial.inference.saved_model_export.export` (what it builds, serves and writes is
 described there). Load the SavedModel with `tf.saved_model.load` or run it with `python -m deeplab_axial.predict
 --saved_model`. A bad flag, config or checkpoint, a full disk or a missing permission is one error line naming the
-path (exit status 2).
+path (exit status 2). deeplab2's --merge_with_tf_op is accepted and has no effect (there is no custom op here).
 """
 
-import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
-from deeplab_axial import config_utils
-from deeplab_axial.inference import model_loader
-from deeplab_axial.inference import saved_model_export
+from deeplab_axial import cli
 
 
-def main(argv: Sequence[str]) -> Optional[int]:
+def main(argv: Sequence[str]) -> int:
+    """Exports the flags' checkpoint; returns the exit status (`deeplab_axial.cli`)."""
     if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    try:
+        cli.print_error(f'unexpected arguments {argv[1:]} (flags are --name=value)')
+        return cli.EXIT_USER_ERROR
+
+    # TensorFlow loads after the flags are parsed: --help and a bad flag answer at once.
+    from deeplab_axial import config_utils  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.inference import model_loader  # pylint: disable=g-import-not-at-top
+    from deeplab_axial.inference import saved_model_export  # pylint: disable=g-import-not-at-top
+    if flags.FLAGS.merge_with_tf_op:
+        logging.warning('--merge_with_tf_op has no effect: the merge is always standard TensorFlow ops (no custom op)')
+
+    def export() -> int:
         params = config_utils.parse_config_params(flags.FLAGS.config_param)
         config = model_loader.load_config(flags.FLAGS.experiment_option_path, params)
         saved_model_export.export(config, flags.FLAGS.checkpoint_path, flags.FLAGS.output_path,
                                   overwrite=flags.FLAGS.overwrite, jit_compile=flags.FLAGS.jit_compile)
+        print(f'Wrote SavedModel to {flags.FLAGS.output_path}')
+        return cli.EXIT_OK
+
     # ConfigError, ModelConfigError and CheckpointError are ValueErrors.
-    except (saved_model_export.ExportError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    print(f'Wrote SavedModel to {flags.FLAGS.output_path}')
-    return 0
+    return cli.run_reporting_errors(export, (saved_model_export.ExportError, ValueError, FileNotFoundError))
 
 
 def _define_flags() -> None:
@@ -46,13 +53,17 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string('config_param', [], 'NAME=VALUE for a ${NAME} placeholder of the config; repeatable.')
     flags.DEFINE_bool('overwrite', False, 'Replace an existing non-empty --output_path.')
     flags.DEFINE_bool('jit_compile', False, 'Compile the model and post-processing with XLA inside the SavedModel.')
+    flags.DEFINE_bool('merge_with_tf_op', False, "deeplab2's flag, accepted so its commands run unchanged; it has no "
+                      'effect: deeplab2 needs it for its custom merge op, and here the semantic and instance '
+                      'predictions are always merged with standard TensorFlow ops, so the SavedModel loads with '
+                      'plain TensorFlow either way.')
 
 
 def run() -> None:
     """Console-script entry (`python -m trainer.export_model` calls the same)."""
     _define_flags()
     flags.mark_flags_as_required(['experiment_option_path', 'checkpoint_path', 'output_path'])
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

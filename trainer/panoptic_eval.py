@@ -8,8 +8,12 @@ prediction to `size_resized` and resizes it to `size_raw`, and `evaluation.Panop
 raw labels (`panoptic_raw[:h, :w]`): PQ/SQ/RQ (All, Things, Stuff), mask AP from `instance_scores`, mIoU from
 `semantic_pred`.
 
-Results use deeplab2's TensorBoard names (`evaluation/pq/PQ`, `evaluation/ap/AP_Mask`, `evaluation/iou/IoU`, ...),
-go to experiment_dir/eval_results.json, and a few "prediction | ground truth" overlays go to the eval summaries.
+The evaluation losses are the training loss on the raw outputs post-processing reads (averaged over scales and flips
+where those are on, as deeplab2's evaluator computes them), averaged over the eval images.
+
+Results use deeplab2's TensorBoard names (`evaluation/pq/PQ`, `evaluation/pq/TP`, `evaluation/ap/AP_Mask`,
+`evaluation/iou/IoU`, `losses/eval_total_loss`, ...), go to experiment_dir/eval_results.json, and a few
+"prediction | ground truth" overlays go to the eval summaries.
 With `save_predictions`, every prediction is written in COCO panoptic format (experiment_dir/predictions/
 panoptic_pred/*.png + panoptic_pred.json) so that `python -m evaluation.evaluate` can score it.
 
@@ -18,11 +22,12 @@ one process; the chief alone writes eval_results.json, summaries and predictions
 to it with their overlaps).
 """
 
+import collections
 import math
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -39,10 +44,13 @@ from trainer import cluster
 from trainer import eval_results
 from trainer import replica_eval
 from trainer import sharded_eval
+from trainer import summaries
 
 PREDICTIONS_DIR = 'predictions'
 PREDICTIONS_NAME = 'panoptic_pred'
 _PRED_KEYS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, common.PRED_INSTANCE_SCORES_KEY)
+# Per-example losses travel with the predictions under this prefix.
+_LOSS_PREFIX = 'loss/'
 
 
 def _image_id(name: str):
@@ -67,14 +75,17 @@ class PanopticEval:
       metrics: names in the metric table (evaluation/metrics.py).
       scales: input scales whose raw outputs are averaged before post-processing (evaluator_options.eval_scales).
       flip: also average over horizontally flipped images (evaluator_options.add_flipped_images).
+      loss: the training loss, `loss(batch, raw_outputs) -> {name: [batch]}` reading the batch's `loss.TARGET_KEYS`;
+        its means over the eval images are reported as `losses/eval_<name>`. None: no evaluation losses.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model, post_processor, descriptor: DatasetDescriptor,
                  batch_size: int, crop_size: Tuple[int, int], experiment_dir: str, global_step: tf.Variable, *,
                  save_predictions: bool = False, num_vis_samples: int = 3,
                  metrics: Sequence[str] = ('pq', 'ap', 'miou'), scales: Sequence[float] = (1.0,),
-                 flip: bool = False):
+                 flip: bool = False, loss: Optional[Callable] = None):
         self._model = model
+        self._loss = loss
         self._scales = tuple(scales)
         self._flip = flip
         self._post_processor = post_processor
@@ -110,22 +121,30 @@ class PanopticEval:
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        predictions = inference_path.panoptic_predictions(self._model, self._post_processor, images, self._scales,
-                                                          self._flip)
-        return {k: predictions[k] for k in _PRED_KEYS}
+        raw = inference_path.panoptic_raw_outputs(self._model, images, self._scales, self._flip)
+        predictions = self._post_processor(raw)
+        outputs = {k: predictions[k] for k in _PRED_KEYS}
+        if self._loss is not None:
+            outputs.update({_LOSS_PREFIX + k: v for k, v in self._loss(inputs, raw).items()})
+        return outputs
 
     def reset(self) -> None:
         evaluator = sharded_eval.OverlapRecorder if self._worker.num_workers > 1 else PanopticEvaluator
         self._evaluator = evaluator.from_descriptor(self._descriptor, self._metrics_names)
         self._vis: List[np.ndarray] = []
         self._annotations: List[dict] = []
+        # Each image's losses, summed only at the end with math.fsum: the mean is then the same for any sharding.
+        self._losses: Dict[str, List[float]] = collections.defaultdict(list)
 
     def update(self, batch: Dict[str, tf.Tensor]) -> None:
         images = batch[common.IMAGE]
         if tuple(images.shape[1:3]) != self._crop_size:
             raise ValueError(f'Eval images are {tuple(images.shape[1:3])} but the model input is {self._crop_size}: '
                              'eval_dataset_options.crop_size must cover every (resized) eval image')
-        predictions = self._runner({common.IMAGE: images})
+        keys = (common.IMAGE,) + (tuple(self._loss.TARGET_KEYS) if self._loss is not None else ())
+        predictions = self._runner({k: batch[k] for k in keys})
+        for key in [k for k in predictions if k.startswith(_LOSS_PREFIX)]:
+            self._losses[key[len(_LOSS_PREFIX):]].extend(predictions.pop(key).tolist())
         sizes_raw = batch[common.GT_SIZE_RAW].numpy()
         sizes_resized = batch[common.GT_SIZE_RESIZED].numpy()
         names = [n.decode('utf-8') for n in batch[common.IMAGE_NAME].numpy()]
@@ -150,9 +169,9 @@ class PanopticEval:
                     image, predictions[common.PRED_PANOPTIC_KEY][i, :rh, :rw],
                     batch[common.GT_PANOPTIC_KEY][i, :rh, :rw].numpy(), self._descriptor))
 
-    def _merge_workers(self) -> Tuple[PanopticEvaluator, List[dict]]:
-        """All workers' images in one evaluator and their annotations in record order (a collective); the
-        chief writes the other workers' prediction PNGs."""
+    def _merge_workers(self) -> Tuple[PanopticEvaluator, List[dict], Dict[str, List[float]]]:
+        """All workers' images in one evaluator, their annotations in record order and their per-image losses (a
+        collective); the chief writes the other workers' prediction PNGs."""
         pngs = []
         if self._scratch is not None:
             for annotation in self._annotations:
@@ -160,23 +179,26 @@ class PanopticEval:
                     pngs.append(f.read())
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
-        parts = cluster.gather_objects(self._strategy, self._worker, (self._evaluator, self._annotations, pngs))
-        merged = sharded_eval.merge_in_record_order([evaluator for evaluator, _, _ in parts])
+        parts = cluster.gather_objects(self._strategy, self._worker, (self._evaluator, self._annotations, pngs,
+                                                                      dict(self._losses)))
+        merged = sharded_eval.merge_in_record_order([part[0] for part in parts])
         count = len(parts)
         annotations = [parts[k % count][1][k // count] for k in range(sum(len(p[1]) for p in parts))]
+        losses = {k: [v for part in parts for v in part[3].get(k, [])] for k in set().union(*(p[3] for p in parts))}
         if self._worker.is_chief:
-            for _, worker_annotations, worker_pngs in parts[1:]:
+            for _, worker_annotations, worker_pngs, _ in parts[1:]:
                 for annotation, data in zip(worker_annotations, worker_pngs):
                     path = os.path.join(self._png_dir, annotation['file_name'])
                     atomic_files.write_atomically(path, lambda f, data=data: f.write(data))
-        return merged, annotations
+        return merged, annotations, losses
 
     def result(self) -> Dict[str, float]:
-        evaluator, annotations = self._evaluator, self._annotations
+        evaluator, annotations, losses = self._evaluator, self._annotations, self._losses
         if self._worker.num_workers > 1:
-            evaluator, annotations = self._merge_workers()
+            evaluator, annotations, losses = self._merge_workers()
         details = evaluator.result()
         metrics = metric_table.summaries(details)
+        metrics.update({summaries.EVAL_LOSS_TAG + k: math.fsum(v) / len(v) for k, v in sorted(losses.items()) if v})
         step = int(self._global_step.numpy())
         self.last_results = metrics
         if not self._worker.is_chief:

@@ -39,10 +39,11 @@ def make_loss_fn(config: config_pb2.ExperimentOptions, descriptor: DatasetDescri
 def build_evaluator(config: config_pb2.ExperimentOptions, descriptor: DatasetDescriptor,
                     strategy: tf.distribute.Strategy, model: keras.Model, crop_size: Tuple[int, int],
                     experiment_dir: str, global_step: tf.Variable) -> panoptic_eval.PanopticEval:
-    """PQ / AP / mIoU evaluation with the evaluator_options' post-processing, scales, flips and output options."""
+    """PQ / AP / mIoU evaluation with the evaluator_options' post-processing, scales, flips and output options, and
+    the training loss on the eval images."""
     options = config.evaluator_options
     return panoptic_eval.PanopticEval(
         strategy, model, builder.build_post_processor(config, descriptor), descriptor,
         config.eval_dataset_options.batch_size, crop_size, experiment_dir, global_step,
         save_predictions=options.save_predictions, num_vis_samples=min(options.num_vis_samples, 3),
-        scales=config_utils.eval_scales(options), flip=options.add_flipped_images)
+        scales=config_utils.eval_scales(options), flip=options.add_flipped_images, loss=build_loss(config, descriptor))

@@ -8,6 +8,10 @@ like tf.summary.scalar/image output once TensorBoard is installed to view them.
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+# deeplab2's loss tags: 'losses/train_<loss name>' in the train summaries, 'losses/eval_<loss name>' in the eval ones.
+TRAIN_LOSS_TAG = 'losses/train_'
+EVAL_LOSS_TAG = 'losses/eval_'
+
 
 def _metadata(plugin: str) -> bytes:
     return summary_pb2.SummaryMetadata(

@@ -40,6 +40,7 @@ from trainer import config_checks
 from trainer import controller as controller_lib
 from trainer import cluster
 from trainer import data_options
+from trainer import experiment_checks
 from trainer import model_dir as model_dir_lib
 from trainer import optimizer_builder
 from trainer import panoptic_task
@@ -118,7 +119,9 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
       controller.NonFiniteLossError: the loss became NaN/Inf (the message names the last good checkpoint).
       controller.RestoreMismatchError: the workers of a multi-worker run restored different checkpoints.
       model_dir.ModelDirLockedError: another trainer is training into experiment_dir.
-      ValueError: eval mode without a checkpoint, an unknown mode.
+      experiment_checks.ExperimentError: a data source, folder or checkpoint that cannot be used (found before the
+        model is built).
+      ValueError: an unknown mode.
     """
     if mode not in _MODES:
         raise ValueError(f'mode must be one of {_MODES}. Received: {mode!r}')
@@ -127,9 +130,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
                                (mode != common.MODE_TRAIN, 'eval', 'eval_dataset_options')):
         if needed and key not in descriptors:
             raise config_utils.ConfigError(f'--mode={mode} needs {field}.dataset')
-    if mode == common.MODE_EVAL and tf.train.latest_checkpoint(experiment_dir) is None:
-        raise ValueError(f'--mode=eval: no checkpoint in {experiment_dir}; train first or point --model_dir at a '
-                         'trained experiment')
+    experiment_checks.check_experiment(config, mode, experiment_dir)
     with contextlib.ExitStack() as stack:
         if mode in _TRAIN_MODES:
             seed = _config_seed(config, seed)

@@ -20,13 +20,13 @@ Usage:
 """
 
 import os
-import sys
 from typing import List, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from deeplab_axial import cli
 from deeplab_axial.data import build_coco_data
 from deeplab_axial.data import dataset
 from deeplab_axial.data import record_check
@@ -56,9 +56,8 @@ def convert_split(cityscapes_root: str, output_dir: str, split: str, num_shards:
         city = image_id.split('_')[0]
         image_path = os.path.join(cityscapes_root, 'leftImg8bit', split, city, f'{image_id}_leftImg8bit.png')
         segments, mapping = ann['segments_info'], id_mapping
-        if treat_crowd_as_ignore:  # A crowd segment becomes a segment of the void class.
-            segments = [dict(s, category_id=ignore) if s.get('iscrowd') else s for s in segments]
-            mapping = {**id_mapping, ignore: ignore}
+        if treat_crowd_as_ignore:
+            segments, mapping = build_coco_data.crowd_as_void(segments, id_mapping, ignore)
         return build_coco_data.panoptic_example(image_path, os.path.join(png_dir, ann['file_name']), image_id,
                                                 segments, mapping, thing_ids, divisor, ignore)
 
@@ -82,11 +81,11 @@ def main(argv: Sequence[str]) -> int:
     del argv
     f = flags.FLAGS
     if f.validate:
-        return build_coco_data.run_reporting_errors(lambda: record_check.validate_splits(
+        return cli.run_reporting_errors(lambda: record_check.validate_splits(
             f.output_dir, f.splits, 'cityscapes_panoptic'))
     if not f.cityscapes_root:
-        print('error: --cityscapes_root is required (unless --validate)', file=sys.stderr)
-        return 2
+        cli.print_error('--cityscapes_root is required (unless --validate)')
+        return cli.EXIT_USER_ERROR
 
     def convert() -> int:
         for split in f.splits:
@@ -95,9 +94,14 @@ def main(argv: Sequence[str]) -> int:
             logging.info('%s: %d shards in %s', split, len(paths), f.output_dir)
         return 0
 
-    return build_coco_data.run_reporting_errors(convert)
+    return cli.run_reporting_errors(convert)
+
+
+def run() -> None:
+    """Console-script entry (`python -m deeplab_axial.data.build_cityscapes_data` calls the same)."""
+    _define_flags()
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
-    _define_flags()
-    app.run(main)
+    run()

@@ -8,7 +8,8 @@ The synthetic dataset (`deeplab_axial.data.synthetic`) uses the same layout.
 
 Labels: COCO category ids, sorted, map to contiguous 1..N; 0 is void (= ignore_label). A non-crowd thing segment
 gets a running instance id 1, 2, ... per class in JSON order; crowd segments and stuff keep instance 0 (a thing
-pixel with instance 0 is that class's crowd region). panoptic = class * 256 + instance.
+pixel with instance 0 is that class's crowd region). panoptic = class * 256 + instance. With --treat_crowd_as_ignore
+(the command line's default, as deeplab2's) crowd segments are void instead; `convert_split` keeps them unless told.
 
 Every image is decoded in full (by the input pipeline's decoder) and every panoptic PNG read before a shard is
 written, so a truncated or corrupt file stops the conversion with an error naming it. --validate checks converted
@@ -21,8 +22,7 @@ Usage:
 
 import json
 import os
-import sys
-from typing import Callable, Dict, List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from absl import app
 from absl import flags
@@ -30,7 +30,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from deeplab_axial import io_errors
+from deeplab_axial import cli
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
 from deeplab_axial.data import panoptic_png
@@ -120,6 +120,18 @@ def panoptic_label_from_png(png_path: str, segments_info: Sequence[dict], id_map
     return panoptic
 
 
+# The category id a crowd segment takes under `crowd_as_void`; no dataset uses it.
+_VOID_CATEGORY = -1
+
+
+def crowd_as_void(segments_info: Sequence[dict], id_mapping: Dict[int, int],
+                  ignore_label: int) -> Tuple[List[dict], Dict[int, int]]:
+    """deeplab2's treat_crowd_as_ignore: (segments_info with every crowd segment of the void class, the id mapping
+    that maps that class to `ignore_label`)."""
+    segments = [dict(s, category_id=_VOID_CATEGORY) if s.get('iscrowd') else s for s in segments_info]
+    return segments, {**id_mapping, _VOID_CATEGORY: ignore_label}
+
+
 def panoptic_example(image_path: str, png_path: str, name: str, segments_info: Sequence[dict],
                      id_mapping: Dict[int, int], thing_ids: Set[int], label_divisor: int,
                      ignore_label: int) -> tf.train.Example:
@@ -133,12 +145,13 @@ def panoptic_example(image_path: str, png_path: str, name: str, segments_info: S
 
 
 def convert_split(coco_root: str, output_dir: str, split: str, num_shards: int = 1000, num_workers: int = 4,
-                  dataset_name: Optional[str] = None) -> List[str]:
+                  dataset_name: Optional[str] = None, treat_crowd_as_ignore: bool = False) -> List[str]:
     """Converts split `split` ('train' or 'val') of a COCO-layout panoptic dataset; returns the shard paths.
 
     Args:
       dataset_name: optional registered descriptor whose `dataset_ids` the JSON categories must match (catches
         converting one dataset with another's class list).
+      treat_crowd_as_ignore: write crowd segments as void (deeplab2's flag) instead of crowd regions.
     """
     json_path = os.path.join(coco_root, 'annotations', f'panoptic_{split}2017.json')
     data = load_json(json_path)
@@ -171,58 +184,59 @@ def convert_split(coco_root: str, output_dir: str, split: str, num_shards: int =
 
     def make_example(item):
         image_info, ann = item
+        segments, mapping = ann['segments_info'], id_mapping
+        if treat_crowd_as_ignore:
+            segments, mapping = crowd_as_void(segments, id_mapping, _IGNORE_LABEL)
         return panoptic_example(os.path.join(image_dir, image_info['file_name']),
                                 os.path.join(png_dir, ann['file_name']), os.path.splitext(image_info['file_name'])[0],
-                                ann['segments_info'], id_mapping, thing_ids, _LABEL_DIVISOR, _IGNORE_LABEL)
+                                segments, mapping, thing_ids, _LABEL_DIVISOR, _IGNORE_LABEL)
 
     return shard_writer.write_sharded_tfrecords(items, make_example, output_dir, split, num_shards, num_workers)
 
 
-def _define_flags() -> None:
-    flags.DEFINE_string('coco_root', None, 'COCO root holding annotations/ and {split}2017/ (not with --validate).')
-    flags.DEFINE_string('output_dir', None, 'Where the TFRecord shards go (local or gs://).', required=True)
-    flags.DEFINE_list('splits', ['train', 'val'], 'Splits to convert.')
-    flags.DEFINE_integer('num_shards', 1000, 'Shards per split (capped at the number of images).')
-    flags.DEFINE_integer('num_workers', 4, 'Shards converted in parallel.')
-    flags.DEFINE_string('dataset_name', None, 'Optional registered dataset whose category ids the JSON must match.')
+def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command line's flags (in `flag_values`; a test reads their defaults from its own)."""
+    define = {'flag_values': flag_values}
+    flags.DEFINE_string('coco_root', None, 'COCO root holding annotations/ and {split}2017/ (not with --validate).',
+                        **define)
+    flags.DEFINE_string('output_dir', None, 'Where the TFRecord shards go (local or gs://).', required=True, **define)
+    flags.DEFINE_list('splits', ['train', 'val'], 'Splits to convert.', **define)
+    flags.DEFINE_integer('num_shards', 1000, 'Shards per split (capped at the number of images).', **define)
+    flags.DEFINE_integer('num_workers', 4, 'Shards converted in parallel.', **define)
+    flags.DEFINE_string('dataset_name', None, 'Optional registered dataset whose category ids the JSON must match.',
+                        **define)
+    flags.DEFINE_boolean('treat_crowd_as_ignore', True, "Write crowd segments as void (deeplab2's default); "
+                         '--notreat_crowd_as_ignore keeps them as crowd regions (instance 0 of their class).', **define)
     flags.DEFINE_boolean('validate', False, 'Convert nothing: check that every record of the splits in --output_dir '
-                         'decodes and has a consistent label (dataset --dataset_name, default coco_panoptic).')
-
-
-def run_reporting_errors(run: Callable[[], int]) -> int:
-    """Runs a converter's work; a fault of the input or of the file system (a full disk, a missing permission) is
-    printed as one `error:` line naming the file, exit status 2, instead of a traceback."""
-    try:
-        return run()
-    except (ValueError, FileNotFoundError) as e:  # our messages name the file, flag or field
-        message = str(e)
-    except (OSError, tf.errors.OpError) as e:
-        message = io_errors.user_io_message(e)
-        if message is None:
-            raise
-    print(f'error: {message}', file=sys.stderr)
-    return 2
+                         'decodes and has a consistent label (dataset --dataset_name, default coco_panoptic).',
+                         **define)
 
 
 def main(argv: Sequence[str]) -> int:
     del argv
     f = flags.FLAGS
     if f.validate:
-        return run_reporting_errors(lambda: record_check.validate_splits(
+        return cli.run_reporting_errors(lambda: record_check.validate_splits(
             f.output_dir, f.splits, f.dataset_name or 'coco_panoptic'))
     if not f.coco_root:
-        print('error: --coco_root is required (unless --validate)', file=sys.stderr)
-        return 2
+        cli.print_error('--coco_root is required (unless --validate)')
+        return cli.EXIT_USER_ERROR
 
     def convert() -> int:
         for split in f.splits:
-            paths = convert_split(f.coco_root, f.output_dir, split, f.num_shards, f.num_workers, f.dataset_name)
+            paths = convert_split(f.coco_root, f.output_dir, split, f.num_shards, f.num_workers, f.dataset_name,
+                                  f.treat_crowd_as_ignore)
             logging.info('%s: %d shards in %s', split, len(paths), f.output_dir)
         return 0
 
-    return run_reporting_errors(convert)
+    return cli.run_reporting_errors(convert)
+
+
+def run() -> None:
+    """Console-script entry (`python -m deeplab_axial.data.build_coco_data` calls the same)."""
+    _define_flags()
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
-    _define_flags()
-    app.run(main)
+    run()

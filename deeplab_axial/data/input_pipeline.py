@@ -102,7 +102,7 @@ def _patterns(file_pattern: Union[str, Sequence[str]]) -> Sequence[str]:
     return [p.strip() for p in file_pattern if p.strip()]
 
 
-def _tfds_name(file_pattern: Union[str, Sequence[str]]) -> Optional[str]:
+def tfds_name(file_pattern: Union[str, Sequence[str]]) -> Optional[str]:
     """'coco/2017_panoptic' for file_pattern 'tfds:coco/2017_panoptic', else None."""
     patterns = _patterns(file_pattern)
     if any(p.startswith(TFDS_PREFIX) for p in patterns):
@@ -281,10 +281,10 @@ def _records(options: DataOptions, input_context: Optional[tf.distribute.InputCo
     repeat = training if options.repeat is None else options.repeat
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    tfds_name = _tfds_name(options.file_pattern)
-    if tfds_name:
+    name = tfds_name(options.file_pattern)
+    if name:
         from deeplab_axial.data import tfds_sources
-        ds = tfds_sources.load(tfds_name, options.tfds_split, options.tfds_data_dir, shuffle_files=training,
+        ds = tfds_sources.load(name, options.tfds_split, options.tfds_data_dir, shuffle_files=training,
                                seed=options.seed, input_context=input_context if training else None)
         if num_pipelines > 1 and not training:
             ds = ds.shard(num_pipelines, pipeline_id)
@@ -323,10 +323,10 @@ def build_dataset(options: DataOptions,
     batch_size = (input_context.get_per_replica_batch_size(options.batch_size) if input_context
                   else options.batch_size)
     ds = _records(options, input_context)
-    tfds_name = _tfds_name(options.file_pattern)
-    if tfds_name:
+    name = tfds_name(options.file_pattern)
+    if name:
         from deeplab_axial.data import tfds_sources
-        decode = tfds_sources.decoder(tfds_name, descriptor)
+        decode = tfds_sources.decoder(name, descriptor)
     else:
         if descriptor.is_panoptic:
             decode_record = functools.partial(decode_panoptic_example,

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab_axial import atomic_files
+from deeplab_axial import cli
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
 from deeplab_axial.data import panoptic_png
@@ -207,9 +208,9 @@ def main(argv: Sequence[str]) -> int:
             write_classification_dataset(f.classification_dir, seed=f.seed)
         return 0
 
-    return build_coco_data.run_reporting_errors(write)  # a full disk: one error line naming the file
+    return cli.run_reporting_errors(write)  # a full disk: one error line naming the file
 
 
 if __name__ == '__main__':
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -25,6 +25,35 @@ def _tfds():
     return tfds
 
 
+def check_prepared(name: str, split: str, data_dir: Optional[str], data_dir_field: str = 'tfds_data_dir') -> None:
+    """Checks, without reading or downloading anything, that TFDS dataset `name` is prepared in `data_dir` (None: TFDS's
+    default folder) and has `split`.
+
+    Raises:
+      ValueError naming the dataset, the split and the folder, and saying how to prepare it (`tfds build`) or where
+      to point `data_dir_field` (the config field, or flag, that sets the folder).
+    """
+    try:
+        tfds = _tfds()
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f'TFDS has no dataset {name!r} (see the TFDS catalog for the names)') from None
+    folder = builder.data_dir_root
+    if not builder.is_prepared():
+        raise ValueError(f'TFDS dataset {name} (split {split!r}) is not prepared in {folder}: prepare it with '
+                         f'`tfds build {name} --data_dir {folder}` (some datasets need their archives downloaded by '
+                         f'hand first, see the TFDS catalog), or set {data_dir_field} to the folder where it is '
+                         'prepared')
+    try:
+        builder.info.splits[split]  # Also reads sub-splits such as 'train[:10%]'.
+    except (KeyError, ValueError):
+        raise ValueError(f'TFDS dataset {name} in {folder} has no split {split!r}; its splits: '
+                         f'{sorted(builder.info.splits)}') from None
+
+
 def load(name: str, split: str, data_dir: Optional[str], shuffle_files: bool, seed: Optional[int],
          input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
     """The TFDS dataset `name` (already prepared under `data_dir`; nothing is downloaded).

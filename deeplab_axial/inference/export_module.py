@@ -1,6 +1,8 @@
 """The tf.Modules a SavedModel export serves: uint8 images of any size in, the prediction contract out.
 
-`serving_default(image: uint8 [height, width, 3])` and `serve_batch(images: uint8 [batch, height, width, 3])`.
+`serving_default(input_tensor: uint8 [height, width, 3])` and `serve_batch(images: uint8 [batch, height, width, 3])`.
+As deeplab2's export, the module itself is callable on one image (`loaded(tf.cast(image, tf.uint8))`, its
+`__call__`, which `serving_default` is) and the signature's argument is named `input_tensor`.
 Axial models have a static input size (the eval crop size), so the panoptic signatures run the evaluator's path,
 `inference_path`: fit each image into the input size (resize-to-range, down-scale if still too large,
 pad with 127.5), model + post-processing at the input size, then crop and resize every output back to the image
@@ -31,7 +33,7 @@ PANOPTIC_OUTPUT_KEYS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, comm
                         common.PRED_INSTANCE_SCORES_KEY, common.PRED_INSTANCE_CENTER_KEY,
                         common.PRED_SEMANTIC_PROBS_KEY, common.PRED_CENTER_HEATMAP_KEY, common.PRED_OFFSET_MAP_KEY)
 _INT_KEYS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, common.PRED_INSTANCE_KEY)
-_IMAGE_SPEC = tf.TensorSpec([None, None, 3], tf.uint8, name='image')
+_IMAGE_SPEC = tf.TensorSpec([None, None, 3], tf.uint8, name='input_tensor')  # deeplab2's name
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name='images')
 
 
@@ -71,8 +73,11 @@ class _ExportModule(tf.Module):
         self.model_variables = _model_variables(model)
 
     @tf.function(input_signature=[_IMAGE_SPEC])
-    def serving_default(self, image: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return self.serve_batch(image[tf.newaxis])  # One trace of the model for both signatures.
+    def __call__(self, input_tensor: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """One uint8 image [height, width, 3] -> its predictions with a batch dimension of 1 (deeplab2's call)."""
+        return self.serve_batch(input_tensor[tf.newaxis])  # One trace of the model for both signatures.
+
+    serving_default = __call__
 
     @tf.function(input_signature=[_IMAGES_SPEC])
     def serve_batch(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:

@@ -5,7 +5,6 @@ import os
 from typing import List
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 
@@ -54,5 +53,6 @@ def read_image(path: str) -> np.ndarray:
     image_size(path)  # Rejects other formats by name before decoding.
     with open(path, 'rb') as f:
         data = f.read()
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top - `predict --help` answers without TensorFlow
     return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
 

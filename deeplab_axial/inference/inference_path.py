@@ -7,8 +7,9 @@ functions:
   fit_to_input_size       raw image -> the model's static input size (optional resize-to-range as the eval input
                           pipeline does, a further down-scale only when the image still does not fit, then padding
                           bottom/right with the eval pipeline's 127.5)
-  panoptic_predictions    model + softmax + Panoptic-DeepLab post-processing on a batch at the input size, with
-                          optional multi-scale / flipped averaging of the raw outputs first (`multi_scale`)
+  panoptic_raw_outputs    the model's raw outputs on a batch at the input size, optionally averaged over rescaled
+                          and flipped inputs (`multi_scale`): what post-processing and the evaluation losses read
+  panoptic_predictions    those raw outputs + Panoptic-DeepLab post-processing
   classification_logits   a classifier's logits on a batch at the input size, optionally averaged the same way
   restore_to_image_size   one example's predictions cropped to the valid region and resized back to the raw size
 
@@ -59,17 +60,23 @@ def fit_to_input_size(image: tf.Tensor, input_size: Sequence[int], min_resize_va
     return tf.ensure_shape(image, [height, width, 3]), fitted
 
 
-def panoptic_predictions(model: Callable, post_processor: Callable, images: tf.Tensor, scales: Sequence[float] = (1.0,),
+def panoptic_raw_outputs(model: Callable, images: tf.Tensor, scales: Sequence[float] = (1.0,),
                          flip: bool = False) -> Dict[str, tf.Tensor]:
-    """images float32 [batch, h, w, 3] at the model's input size -> post-processed predictions (all keys).
+    """images float32 [batch, h, w, 3] at the model's input size -> the raw outputs post-processing takes.
 
-    With scales other than (1.0,) or `flip`, the model also runs on the rescaled / mirrored images and
-    post-processing takes the averaged raw outputs (`multi_scale.multi_scale_predict`, deeplab2's eval_scales and
-    add_flipped_images).
+    With scales other than (1.0,) or `flip`, the model also runs on the rescaled / mirrored images and the raw outputs
+    are averaged (`multi_scale.multi_scale_predict`, deeplab2's eval_scales and add_flipped_images).
     """
     if tuple(scales) == (1.0,) and not flip:
-        return post_processor(model(images, training=False))
-    return post_processor(multi_scale.multi_scale_predict(lambda x: model(x, training=False), images, scales, flip))
+        return model(images, training=False)
+    return multi_scale.multi_scale_predict(lambda x: model(x, training=False), images, scales, flip)
+
+
+def panoptic_predictions(model: Callable, post_processor: Callable, images: tf.Tensor, scales: Sequence[float] = (1.0,),
+                         flip: bool = False) -> Dict[str, tf.Tensor]:
+    """images float32 [batch, h, w, 3] at the model's input size -> post-processed predictions (all keys) of
+    `panoptic_raw_outputs`."""
+    return post_processor(panoptic_raw_outputs(model, images, scales, flip))
 
 
 def classification_logits(model: Callable, images: tf.Tensor, scales: Sequence[float] = (1.0,),

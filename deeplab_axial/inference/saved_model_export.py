@@ -1,8 +1,9 @@
 """Writes a SavedModel of a config's model restored from a checkpoint (`export`).
 
 The model is built from the config at the eval crop size, its weights restored from the checkpoint (a prefix, or a
-directory for its newest checkpoint), and the SavedModel serves `serving_default(image: uint8 [H, W, 3])` and
-`serve_batch(images: uint8 [B, H, W, 3])` for any H, W (`export_module`) with the asset `assets/deeplab_axial.json`
+directory for its newest checkpoint), and the SavedModel serves `serving_default(input_tensor: uint8 [H, W, 3])`
+(also the loaded object's own call, `loaded(image)`, as deeplab2's) and `serve_batch(images: uint8 [B, H, W, 3])`
+for any H, W (`export_module`) with the asset `assets/deeplab_axial.json`
 = {"task", "model", "dataset"}. The export is written to a hidden temporary folder next to the output path
 (`.{name}.export-{host}-{pid}`) and renamed when complete; an export to the same path removes such folders of killed
 exports. `python -m trainer.export_model` (deeplab2's command line) and `deeplab_axial.tools.convert_checkpoint

@@ -1,6 +1,7 @@
 """Runs an exported SavedModel through its signatures, with nothing but TensorFlow and the export's asset file.
 
-The export contract: `serving_default(image: uint8 [height, width, 3])` and `serve_batch(images: uint8
+The export contract: `serving_default(input_tensor: uint8 [height, width, 3])` (deeplab2's argument name; exports
+made before it took `image`, read as well) and `serve_batch(images: uint8
 [batch, height, width, 3])` return the prediction keys of deeplab_axial.common with a batch dimension at the input
 size, and `assets/deeplab_axial.json` = {"task", "model", "dataset"} describes the model and its dataset. This
 module never imports the trainer or the model code, so a SavedModel runs in a process that has neither.
@@ -72,6 +73,7 @@ class SavedModelRunner:
             raise ValueError(f'SavedModel {saved_model_dir} has no {SINGLE_SIGNATURE!r} signature. '
                              f'Found: {sorted(signatures.keys())}')
         self._single = signatures[SINGLE_SIGNATURE]
+        (self._single_input,) = self._single.structured_input_signature[1]  # 'input_tensor', or older 'image'
         self._batch = signatures[BATCH_SIGNATURE] if BATCH_SIGNATURE in signatures else None
 
     @property
@@ -95,5 +97,5 @@ class SavedModelRunner:
         if len(images) > 1 and self._batch is not None:
             outputs = self._batch(images=tf.constant(np.stack(images), tf.uint8))
             return {k: v.numpy() for k, v in outputs.items()}
-        per_image = [self._single(image=tf.constant(im, tf.uint8)) for im in images]
+        per_image = [self._single(**{self._single_input: tf.constant(im, tf.uint8)}) for im in images]
         return {k: np.concatenate([o[k].numpy() for o in per_image]) for k in per_image[0]}

@@ -72,13 +72,19 @@ def _encoder_overrides(config: config_pb2.ExperimentOptions, entry: registry.Mod
     return overrides
 
 
+def output_stride(backbone, entry: registry.ModelEntry) -> int:
+    """The output stride the encoder of `backbone` (model_options.backbone) is built with: the field's for deeplab2's
+    encoder family (proto default included) or where it is set, else the registered model's."""
+    if entry.is_deeplab2_family or backbone.HasField('output_stride'):
+        return backbone.output_stride
+    return entry.encoder_args['output_stride']
+
+
 def _size_overrides(backbone, entry: registry.ModelEntry) -> dict:
     """Output stride, widths and depth. deeplab2's own names read every field as deeplab2's builder does (proto
     defaults included), so that its configs build its networks; our paper variants keep theirs unless a field is set."""
     family = entry.is_deeplab2_family
-    overrides = {}
-    if family or backbone.HasField('output_stride'):
-        overrides['output_stride'] = backbone.output_stride
+    overrides = {'output_stride': output_stride(backbone, entry)}
     if family or backbone.HasField('backbone_width_multiplier'):
         overrides['width_multiplier'] = backbone.backbone_width_multiplier
     if backbone.deeplab2_layout and backbone.pytorch_layout:

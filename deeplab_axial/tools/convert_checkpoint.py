@@ -32,7 +32,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from deeplab_axial import common, config_utils  # noqa: E402
+from deeplab_axial import cli, common, config_utils  # noqa: E402
 from deeplab_axial.inference import model_loader, saved_model_export  # noqa: E402
 from deeplab_axial.model import builder, deeplab2_checkpoint, pytorch_checkpoint  # noqa: E402
 from deeplab_axial.protos import config_pb2  # noqa: E402
@@ -136,8 +136,8 @@ def convert(source: str, input_path: str, config_file: str, output: str, saved_m
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='python -m deeplab_axial.tools.convert_checkpoint',
-                                     description=__doc__.split('\n')[0])
+    parser = cli.ArgumentParser(prog='python -m deeplab_axial.tools.convert_checkpoint',
+                                description=__doc__.split('\n')[0])
     parser.add_argument('--source', required=True, choices=SOURCES, help='where the checkpoint comes from')
     parser.add_argument('--input', required=True,
                         help='deeplab2: checkpoint prefix or folder; pytorch: a .pth (needs torch) or .npz file')
@@ -151,16 +151,17 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (`deeplab_axial.cli`)."""
     args = _parse_args(argv)
-    try:
+
+    def run() -> int:
         params = config_utils.parse_config_params(args.config_param)
         output = convert(args.source, args.input, args.config_file, args.output, args.saved_model, params)
-    except (ConvertError, ValueError) as e:  # config, model, checkpoint and export errors are ValueErrors
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    print(f'Wrote {"SavedModel" if args.saved_model else "checkpoint"} {output}')
-    return 0
+        print(f'Wrote {"SavedModel" if args.saved_model else "checkpoint"} {output}')
+        return cli.EXIT_OK
+
+    # Config, model, checkpoint and export errors are ValueErrors.
+    return cli.run_reporting_errors(run, (ConvertError, ValueError, FileNotFoundError))
 
 
 if __name__ == '__main__':

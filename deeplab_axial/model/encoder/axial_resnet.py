@@ -65,6 +65,8 @@ class AxialResNet(Encoder):
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
+    OUTPUT_STRIDES = OUTPUT_STRIDES
+
     def __init__(self, stem: str = 'conv', stem_pool: bool = True, width_multiplier: float = 1.0,
                  stem_width_multiplier: float = 1.0,
                  blocks_per_stage: Sequence[int] = (3, 4, 6, 3), output_stride: int = 32,

@@ -31,6 +31,8 @@ class Encoder(keras.layers.Layer):
 
     feature_info: Dict[str, Dict[str, int]]
     classification_feature: str = common.RES5
+    # The output strides the class builds; config validation reads them (`config_utils.validate`).
+    OUTPUT_STRIDES: Tuple[int, ...]
 
     def feature_shapes(self, input_shape: Sequence[Optional[int]]) -> Dict[str, Tuple[Optional[int], ...]]:
         """{endpoint: [batch, ceil(H / stride), ceil(W / stride), channels]} for images of `input_shape`."""

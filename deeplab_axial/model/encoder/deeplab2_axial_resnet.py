@@ -48,6 +48,7 @@ from deeplab_axial.model.layers.stems import InceptionStem
 BACKBONE_TYPES = ('resnet', 'resnet_beta', 'wider_resnet')
 BACKBONE_OUTPUT = 'backbone_output'
 _AXIAL_STRIDES = (0, 2, 4, 8, 16, 32)
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
@@ -83,6 +84,8 @@ class DeepLab2AxialResNet(Encoder):
       use_sync_batchnorm: synchronise batch statistics across replicas.
       **kwargs: forwarded to `keras.layers.Layer`.
     """
+
+    OUTPUT_STRIDES = OUTPUT_STRIDES
 
     def __init__(self, backbone_type: str = 'resnet_beta', blocks_per_stage: Sequence[int] = (3, 4, 6, 3),
                  width_multiplier: float = 1.0, stem_width_multiplier: float = 1.0, output_stride: int = 16,
@@ -290,7 +293,8 @@ def _check_arguments(backbone_type, blocks_per_stage, output_stride, use_axial_b
                                           f'{backbone_type!r}'),
         (len(blocks_per_stage) == 4 and min(blocks_per_stage) >= 1,
          f'`blocks_per_stage` must be 4 positive counts (res2..res5). Received: {list(blocks_per_stage)}'),
-        (output_stride in (8, 16, 32), f'`output_stride` must be 8, 16 or 32. Received: {output_stride}'),
+        (output_stride in OUTPUT_STRIDES,
+         f'`output_stride` must be one of {OUTPUT_STRIDES}. Received: {output_stride}'),
         (use_axial_beyond_stride in _AXIAL_STRIDES,
          f'`use_axial_beyond_stride` must be one of {_AXIAL_STRIDES}. Received: {use_axial_beyond_stride}'),
         (drop_path_schedule in ('constant', 'linear'),

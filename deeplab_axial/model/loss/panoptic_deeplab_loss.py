@@ -24,6 +24,10 @@ class PanopticDeepLabLoss:
       top_k_percent: fraction of each image's valid pixels the semantic loss averages (hard-pixel mining).
     """
 
+    # The keys of `y_true` the loss reads (the input pipeline's targets).
+    TARGET_KEYS = (common.GT_SEMANTIC_KEY, common.SEMANTIC_LOSS_WEIGHT_KEY, common.GT_INSTANCE_CENTER_KEY,
+                   common.CENTER_LOSS_WEIGHT_KEY, common.GT_INSTANCE_REGRESSION_KEY, common.REGRESSION_LOSS_WEIGHT_KEY)
+
     def __init__(self, ignore_label: int, semantic_loss_weight: float = 1.0, center_loss_weight: float = 200.0,
                  regression_loss_weight: float = 0.01, top_k_percent: float = 0.2):
         base_loss.validate_top_k_percent(top_k_percent)
