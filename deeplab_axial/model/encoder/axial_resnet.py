@@ -40,13 +40,14 @@ class AxialResNet(keras.layers.Layer):
       drop_path_keep_prob: keep probability of the residual branches (1.0 disables drop path).
       drop_path_schedule: 'constant', or 'linear' (block j of n keeps 1 - (1 - keep_prob) * (j + 1) / n).
       num_heads: attention heads.
-      block_size: query block size of local attention.
+      block_size: largest query block of local attention (`AxialAttention`).
       max_span: relative tables have 2 * max_span - 1 rows.
       bn_momentum: momentum of every batch norm.
       bn_epsilon: epsilon of every batch norm.
       use_sync_batchnorm: synchronise batch statistics across replicas.
       project_strided_shortcut: False subsamples, rather than projects, the shortcut of a strided block whose
         channels do not change (deeplab2; see `deeplab2_checkpoint`).
+      core_dtype: dtype of the attention cores' products (`AxialAttention`; None: the compute dtype).
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
@@ -56,7 +57,8 @@ class AxialResNet(keras.layers.Layer):
                  span: Optional[int] = None, stem_span: Optional[int] = 15, drop_path_keep_prob: float = 1.0,
                  drop_path_schedule: str = 'constant', num_heads: int = 8, block_size: int = 64,
                  max_span: int = 255, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 use_sync_batchnorm: bool = False, project_strided_shortcut: bool = True, **kwargs):
+                 use_sync_batchnorm: bool = False, project_strided_shortcut: bool = True,
+                 core_dtype: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f'AxialResNet: `stem` must be one of {STEMS}. Received: stem={stem!r}')
@@ -85,8 +87,10 @@ class AxialResNet(keras.layers.Layer):
         self.bn_epsilon = bn_epsilon
         self.use_sync_batchnorm = use_sync_batchnorm
         self.project_strided_shortcut = project_strided_shortcut
+        self.core_dtype = core_dtype
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
-        block_args = dict(num_heads=num_heads, block_size=block_size, max_span=max_span, **bn_args)
+        block_args = dict(num_heads=num_heads, block_size=block_size, max_span=max_span, core_dtype=core_dtype,
+                          **bn_args)
 
         # === Layers ===
         # Sub-layers are attributes (not lists) so that tf.train.Checkpoint tracks them by name.
@@ -169,7 +173,7 @@ class AxialResNet(keras.layers.Layer):
                       num_heads=self.num_heads, block_size=self.block_size, max_span=self.max_span,
                       bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                       use_sync_batchnorm=self.use_sync_batchnorm,
-                      project_strided_shortcut=self.project_strided_shortcut)
+                      project_strided_shortcut=self.project_strided_shortcut, core_dtype=self.core_dtype)
         return config
 
 

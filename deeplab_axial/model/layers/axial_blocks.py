@@ -33,8 +33,9 @@ class AxialBlock(keras.layers.Layer):
       bn_momentum: momentum of every batch norm.
       bn_epsilon: epsilon of every batch norm.
       use_sync_batchnorm: synchronise batch statistics across replicas.
-      block_size: query block size of local attention.
+      block_size: largest query block of local attention (`AxialAttention`).
       max_span: relative tables have 2 * max_span - 1 rows.
+      core_dtype: dtype of the attention core's products (`AxialAttention`).
       project_strided_shortcut: a strided block whose channels do not change projects its shortcut by a strided
         1x1 conv + BN (True, ResNet) or subsamples it (False, deeplab2).
       **kwargs: forwarded to `keras.layers.Layer`.
@@ -43,7 +44,7 @@ class AxialBlock(keras.layers.Layer):
     def __init__(self, filters: int, strides: int = 1, span: Optional[int] = None, num_heads: int = 8,
                  drop_path_keep_prob: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
                  use_sync_batchnorm: bool = False, block_size: int = 64, max_span: int = 255,
-                 project_strided_shortcut: bool = True, **kwargs):
+                 project_strided_shortcut: bool = True, core_dtype: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
@@ -55,6 +56,7 @@ class AxialBlock(keras.layers.Layer):
         self.use_sync_batchnorm = use_sync_batchnorm
         self.block_size = block_size
         self.max_span = max_span
+        self.core_dtype = core_dtype
         self.project_strided_shortcut = project_strided_shortcut
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         self.shortcut: Optional[ConvBN] = None
@@ -62,6 +64,7 @@ class AxialBlock(keras.layers.Layer):
         self.conv1 = ConvBN(2 * filters, 1, name='conv1', **bn_args)
         self.attention = AxialAttention2D(filters, key_expansion=1, value_expansion=2, num_heads=num_heads,
                                           span=span, strides=strides, block_size=block_size, max_span=max_span,
+                                          core_dtype=core_dtype,
                                           name='attention', **bn_args)
         self.conv3 = ConvBN(4 * filters, 1, activation=False, bn_gamma_zero=True, name='conv3', **bn_args)
         self.drop_path = DropPath(drop_path_keep_prob, name='drop_path')
@@ -98,5 +101,5 @@ class AxialBlock(keras.layers.Layer):
         config.update(filters=self.filters, strides=self.strides, span=self.span, num_heads=self.num_heads,
                       drop_path_keep_prob=self.drop_path_keep_prob, block_size=self.block_size,
                       max_span=self.max_span, project_strided_shortcut=self.project_strided_shortcut,
-                      **self._bn_args)
+                      core_dtype=self.core_dtype, **self._bn_args)
         return config
