@@ -31,7 +31,8 @@ setuptools.setup(
     extras_require={
         'cpu': [f'tensorflow-cpu{_TF}'],
         'gpu': [f'tensorflow[and-cuda]{_TF}'],
-        'tpu': [f'tensorflow{_TF}'],
+        # TensorFlow 2.21 has no TPU build on the package index; the newest is tensorflow-tpu 2.20 (README).
+        'tpu': ['tensorflow-tpu>=2.20,<2.21'],
         # panopticapi-lite (the official COCO PQ, used as a test oracle) declares numpy<2 although it runs on
         # numpy 2; it is installed with --no-deps by the README's test command, and its real needs are listed here.
         'test': [

@@ -1,8 +1,8 @@
 """Per-image host cost of predict's outputs on a Cityscapes-sized panoptic map (1024x2048, ~100 segments).
 
-Times the colour overlay and the COCO panoptic conversion (evaluation.coco_panoptic_format), each against a peer
-in the same process: a plain numpy alpha blend of the same size (the least any overlay costs) and PNG encoding of
-the segment-id image (what writing it costs anyway). Prints medians and ratios; the numbers depend on the machine.
+Times the colour overlay and the COCO panoptic conversion (deeplab_axial.data.coco_panoptic_format), each against a
+peer in the same process: a plain numpy alpha blend of the same size (the least any overlay costs) and PNG encoding
+of the segment-id image (what writing it costs anyway). Prints medians and ratios; the numbers depend on the machine.
 
     python benchmarks/bench_predict_outputs.py [--height 1024 --width 2048 --repeats 5]
 """
@@ -20,8 +20,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab_axial import vis  # noqa: E402
-from deeplab_axial.data import dataset, panoptic_ids  # noqa: E402
-from evaluation import coco_panoptic_format  # noqa: E402
+from deeplab_axial.data import coco_panoptic_format, dataset, panoptic_png  # noqa: E402
 
 
 def _median_seconds(fn, repeats):
@@ -56,7 +55,7 @@ def main():
     panoptic = _scene(rng, args.height, args.width, descriptor)
     image = rng.integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     colours = rng.integers(0, 256, size=image.shape, dtype=np.uint8)
-    rgb = panoptic_ids.id_to_rgb(coco_panoptic_format.panoptic_to_segments(panoptic, descriptor)[0])
+    rgb = panoptic_png.id_to_rgb(coco_panoptic_format.panoptic_to_segments(panoptic, descriptor)[0])
 
     blend = _median_seconds(lambda: np.round(0.5 * image + 0.5 * colours).astype(np.uint8), args.repeats)
     png = _median_seconds(lambda: Image.fromarray(rgb).save(io.BytesIO(), format='PNG'), args.repeats)

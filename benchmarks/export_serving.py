@@ -24,9 +24,8 @@ import tensorflow as tf  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from deeplab_axial import common, config_utils  # noqa: E402
-from deeplab_axial.inference import checkpoint_runner, model_loader  # noqa: E402
+from deeplab_axial.inference import checkpoint_runner, model_loader, saved_model_export  # noqa: E402
 from deeplab_axial.model import builder  # noqa: E402
-from trainer import export_model  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'synthetic',
                       'axial_deeplab_tiny.textproto')
@@ -70,7 +69,7 @@ def main() -> None:
     results = {}
     for name, jit in (('saved_model', False), ('saved_model_jit', True)):
         output = os.path.join(args.work_dir, name)
-        export_model.export(config, prefix, output, jit_compile=jit)
+        saved_model_export.export(config, prefix, output, jit_compile=jit)
         signature = tf.saved_model.load(output).signatures['serving_default']
         results[name] = _time(lambda: signature(image=tf.constant(image)), args.repeats)
     runner = checkpoint_runner.build_runner(config_file, prefix)

@@ -4,29 +4,29 @@ A config may carry `${NAME}` placeholders, as deeplab2's do (`${EXPERIMENT_NAME}
 fills them from a mapping (e.g. command-line flags), then from the environment, and names every one left unfilled
 with its file and line. `validate` checks the rules that span several fields (crop size versus output stride,
 head size versus dataset, batch size versus replicas, ...) so that a bad config fails before any model is built,
-with a message that names the fields involved.
+with a message that names the fields involved. A layer above the library adds the rules of what it builds through
+`validate`'s `checks` (the trainer: optimizer, learning-rate schedule and mixed precision, trainer/config_checks.py),
+so that one error still lists every violation.
 """
 
 import os
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
 from deeplab_axial import unsupported_fields
 from deeplab_axial.data import dataset as dataset_lib
+from deeplab_axial.model.encoder import axial_resnet
 from deeplab_axial.protos import config_pb2
 from deeplab_axial.protos import dataset_pb2
 from deeplab_axial.protos import evaluator_pb2
 
 _PLACEHOLDER = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}')
 
+# The valid values of the other enumerated fields live with the code that uses them and are read from there: the
+# encoder's here, the optimizer builder's by the trainer's own rules (trainer/config_checks.py).
 SUPPORTED_META_ARCHITECTURES = ('panoptic_deeplab', 'classification')
-SUPPORTED_OPTIMIZERS = ('adam', 'adamw', 'sgd', 'radam')
-SUPPORTED_LEARNING_POLICIES = ('poly', 'cosine')
-SUPPORTED_PRECISION_POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
-SUPPORTED_DROP_PATH_SCHEDULES = ('constant', 'linear')
-SUPPORTED_OUTPUT_STRIDES = (8, 16, 32)
 # The loss each trainer_options.loss_options field computes (deeplab2's names).
 LOSS_NAMES = {'semantic_loss': 'softmax_cross_entropy', 'center_loss': 'mse', 'regression_loss': 'l1',
               'classification_loss': 'softmax_cross_entropy'}
@@ -173,6 +173,18 @@ def get_dataset_descriptor(options: dataset_pb2.DatasetOptions,
                           f'{dataset_lib.names()}; or describe it in {field}.dataset_descriptor') from None
 
 
+def crop_size(options: dataset_pb2.DatasetOptions, field: str) -> Tuple[int, int]:
+    """(crop_height, crop_width) of a dataset block.
+
+    Raises:
+      ConfigError: the field does not hold two positive values; the message names `field`.crop_size.
+    """
+    crop = list(options.crop_size)
+    if len(crop) != 2 or min(crop) <= 0:
+        raise ConfigError(f'{field}.crop_size must hold [crop_height, crop_width], both positive. Received: {crop}')
+    return crop[0], crop[1]
+
+
 class _Checker:
     """Collects every violated rule so that one run reports them all."""
 
@@ -187,8 +199,8 @@ class _Checker:
 def _check_model(c: _Checker, model) -> None:
     backbone = model.backbone
     c.require(bool(backbone.name), 'model_options.backbone.name must be set')
-    c.require(backbone.output_stride in SUPPORTED_OUTPUT_STRIDES,
-              f'model_options.backbone.output_stride must be one of {SUPPORTED_OUTPUT_STRIDES}. '
+    c.require(backbone.output_stride in axial_resnet.OUTPUT_STRIDES,
+              f'model_options.backbone.output_stride must be one of {axial_resnet.OUTPUT_STRIDES}. '
               f'Received: {backbone.output_stride}')
     c.require(backbone.axial_span == 0 or (backbone.axial_span > 0 and backbone.axial_span % 2 == 1),
               'model_options.backbone.axial_span must be odd (a window centred on each pixel) or 0 (global). '
@@ -198,49 +210,9 @@ def _check_model(c: _Checker, model) -> None:
     c.require(0.0 < backbone.drop_path_keep_prob <= 1.0,
               f'model_options.backbone.drop_path_keep_prob must be in (0, 1]. Received: '
               f'{backbone.drop_path_keep_prob}')
-    c.require(backbone.drop_path_schedule in SUPPORTED_DROP_PATH_SCHEDULES,
-              f'model_options.backbone.drop_path_schedule must be one of {SUPPORTED_DROP_PATH_SCHEDULES}. '
+    c.require(backbone.drop_path_schedule in axial_resnet.DROP_PATH_SCHEDULES,
+              f'model_options.backbone.drop_path_schedule must be one of {axial_resnet.DROP_PATH_SCHEDULES}. '
               f'Received: {backbone.drop_path_schedule!r}')
-    c.require(model.mixed_precision_policy in SUPPORTED_PRECISION_POLICIES,
-              f'model_options.mixed_precision_policy must be one of {SUPPORTED_PRECISION_POLICIES}. Received: '
-              f'{model.mixed_precision_policy!r}')
-
-
-def _check_solver(c: _Checker, solver) -> None:
-    prefix = 'trainer_options.solver_options'
-    c.require(solver.optimizer in SUPPORTED_OPTIMIZERS,
-              f'{prefix}.optimizer must be one of {SUPPORTED_OPTIMIZERS}. Received: {solver.optimizer!r}')
-    c.require(solver.learning_policy in SUPPORTED_LEARNING_POLICIES,
-              f'{prefix}.learning_policy must be one of {SUPPORTED_LEARNING_POLICIES}. Received: '
-              f'{solver.learning_policy!r}')
-    c.require(solver.base_learning_rate > 0, f'{prefix}.base_learning_rate must be positive. Received: '
-              f'{solver.base_learning_rate}')
-    c.require(solver.training_number_of_steps > 0, f'{prefix}.training_number_of_steps must be positive. '
-              f'Received: {solver.training_number_of_steps}')
-    c.require(0 <= solver.warmup_steps < solver.training_number_of_steps,
-              f'{prefix}.warmup_steps ({solver.warmup_steps}) must be in [0, {prefix}.training_number_of_steps '
-              f'({solver.training_number_of_steps}))')
-    c.require(solver.weight_decay >= 0 and solver.adamw_weight_decay >= 0,
-              f'{prefix}.weight_decay and {prefix}.adamw_weight_decay must be non-negative')
-    c.require(not solver.use_gradient_clipping or solver.clip_gradient_norm > 0,
-              f'{prefix}.clip_gradient_norm must be positive when {prefix}.use_gradient_clipping is true. '
-              f'Received: {solver.clip_gradient_norm}')
-    c.require(solver.backbone_learning_rate_multiplier > 0,
-              f'{prefix}.backbone_learning_rate_multiplier must be positive')
-    if solver.use_lookahead:
-        c.require(solver.lookahead_sync_period >= 1, f'{prefix}.lookahead_sync_period must be >= 1 when '
-                  f'{prefix}.use_lookahead is true. Received: {solver.lookahead_sync_period}')
-        c.require(0.0 < solver.lookahead_slow_step_size <= 1.0, f'{prefix}.lookahead_slow_step_size must be in '
-                  f'(0, 1] when {prefix}.use_lookahead is true. Received: {solver.lookahead_slow_step_size}')
-    c.require(not solver.use_nesterov or solver.optimizer == 'sgd',
-              f'{prefix}.use_nesterov only applies to {prefix}.optimizer "sgd". Received optimizer: '
-              f'{solver.optimizer!r}')
-
-
-def _check_trainer(c: _Checker, trainer) -> None:
-    for name in ('steps_per_loop', 'save_checkpoints_steps', 'save_summaries_steps', 'num_checkpoints_to_keep'):
-        value = getattr(trainer, name)
-        c.require(value > 0, f'trainer_options.{name} must be positive. Received: {value}')
 
 
 def _check_loss(c: _Checker, field: str, loss, name: str) -> None:
@@ -264,13 +236,15 @@ def _check_dataset(c: _Checker, config, field: str, num_replicas: int, meta: str
     c.require(options.batch_size > 0 and options.batch_size % num_replicas == 0,
               f'{field}.batch_size ({options.batch_size}) must be a positive multiple of the number of replicas '
               f'({num_replicas})')
-    crop = list(options.crop_size)
-    c.require(len(crop) == 2 and min(crop) > 0,
-              f'{field}.crop_size must hold [crop_height, crop_width]. Received: {crop}')
+    try:
+        crop = crop_size(options, field)
+    except ConfigError as e:
+        c.errors.append(str(e))
+        crop = None
     stride = config.model_options.backbone.output_stride
-    if meta == 'panoptic_deeplab' and len(crop) == 2 and stride in SUPPORTED_OUTPUT_STRIDES:
+    if meta == 'panoptic_deeplab' and crop is not None and stride in axial_resnet.OUTPUT_STRIDES:
         c.require(all((s - 1) % stride == 0 for s in crop),
-                  f'{field}.crop_size {crop} must be k * model_options.backbone.output_stride ({stride}) + 1 per '
+                  f'{field}.crop_size {list(crop)} must be k * model_options.backbone.output_stride ({stride}) + 1 per '
                   f'side, e.g. {[-(-(s - 1) // stride) * stride + 1 for s in crop]}')
     expected_task = 'classification' if meta == 'classification' else 'panoptic'
     c.require(descriptor.task == expected_task,
@@ -340,13 +314,19 @@ def eval_scales(evaluator: evaluator_pb2.EvaluatorOptions) -> Tuple[float, ...]:
     return tuple(evaluator.eval_scales) or (1.0,)
 
 
-def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dict[str, dataset_lib.DatasetDescriptor]:
+ConfigCheck = Callable[[config_pb2.ExperimentOptions], List[str]]
+
+
+def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1,
+             checks: Sequence[ConfigCheck] = ()) -> Dict[str, dataset_lib.DatasetDescriptor]:
     """Checks cross-field rules; registers `dataset_descriptor` blocks on the way.
 
     Args:
       config: a parsed ExperimentOptions.
       num_replicas: replicas that train (the train batch size must divide evenly). Evaluation takes any batch
         size on any number of replicas (the evaluator pads the last batch), so it has no such rule.
+      checks: further rules, each returning the messages of the ones `config` violates (naming the fields),
+        reported together with these.
 
     Returns:
       The dataset descriptors of the datasets that are set, keyed 'train' / 'eval'.
@@ -361,8 +341,6 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dic
                           f'of {SUPPORTED_META_ARCHITECTURES}')
     c.errors += unsupported_fields.unsupported_fields(config)
     _check_model(c, config.model_options)
-    _check_solver(c, config.trainer_options.solver_options)
-    _check_trainer(c, config.trainer_options)
     _check_evaluator(c, config.evaluator_options)
     descriptors = {}
     for key, field in (('train', 'train_dataset_options'), ('eval', 'eval_dataset_options')):
@@ -376,6 +354,8 @@ def validate(config: config_pb2.ExperimentOptions, num_replicas: int = 1) -> Dic
                   f'train_dataset_options.dataset {train.name!r} and eval_dataset_options.dataset '
                   f'{evaluation.name!r} must have the same task and number of classes')
     _check_meta_architecture(c, config, meta, descriptors.get('train', descriptors.get('eval')))
+    for check in checks:
+        c.errors += check(config)
     if c.errors:
         raise ConfigError(f'Invalid config {config.experiment_name!r}:\n  - ' + '\n  - '.join(c.errors))
     return descriptors

@@ -15,8 +15,9 @@ against that ground truth directly.
 
 The SavedModel path imports neither the trainer nor the model code; it averages over the scales and flips its
 config had at export (evaluator_options.eval_scales, add_flipped_images). The --config_file/--checkpoint path takes
-the same from the config, and --scales / --flip (--no-flip) override them. Files that cannot be read as JPEG/PNG
-are named and skipped; the run then ends with exit status 1 after writing everything else.
+the same from the config, and --scales / --flip (--no-flip) override them. Files that cannot be read as JPEG/PNG,
+and folders that --input names (they are not searched), are named and skipped; the run then ends with exit status 1
+after writing everything else. A full disk or a missing permission stops it with one error line naming the path.
 """
 
 import argparse
@@ -31,10 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deeplab_axial import common, vis
+from deeplab_axial import atomic_files, common, io_errors, vis
+from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import files
-from evaluation import coco_panoptic_format
 
 PANOPTIC_DIR = 'panoptic'
 OVERLAY_DIR = 'overlay'
@@ -184,8 +185,8 @@ def _write_panoptic(output_dir: str, name: str, image_id, image: np.ndarray, out
     annotation = coco_panoptic_format.write_coco_panoptic(
         panoptic, descriptor, os.path.join(output_dir, PANOPTIC_DIR, name + '.png'), image_id=image_id,
         instance_scores=None if scores is None else scores[index])
-    files.save_png(os.path.join(output_dir, OVERLAY_DIR, name + '.png'),
-                   vis.overlay_panoptic(image, panoptic, descriptor))
+    atomic_files.write_png(os.path.join(output_dir, OVERLAY_DIR, name + '.png'),
+                           vis.overlay_panoptic(image, panoptic, descriptor))
     return annotation
 
 
@@ -203,14 +204,16 @@ def run(args: argparse.Namespace) -> int:
         paths = files.list_inputs(args.input)
     except FileNotFoundError as e:
         raise PredictError(str(e)) from None
-    names = _output_names(paths)
+    failures = {path: 'a folder: --input does not search folders inside it; pass the folder itself or a glob such '
+                      'as "dir/**/*.jpg"' for path in paths if os.path.isdir(path)}
+    files_in = [path for path in paths if path not in failures]
+    names = _output_names(files_in)
     image_ids = _image_ids(list(names.values()), args.gt_json)
-    order = {path: i for i, path in enumerate(paths)}
+    order = {path: i for i, path in enumerate(files_in)}
     runner = _build_runner(args)
     descriptor = runner.descriptor
-    failures: Dict[str, str] = {}
     images_info, annotations, top5_rows = [], [], []
-    chunks = _size_groups(paths, args.batch_size, failures)
+    chunks = _size_groups(files_in, args.batch_size, failures)
     progress = _Progress(sum(len(chunk) for chunk in chunks))
     for chunk in chunks:
         images, readable = [], []
@@ -245,11 +248,11 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.writer(text, lineterminator='\n')
         writer.writerow(['file'] + [f'{k}_{r}' for r in range(1, 6) for k in ('class', 'name', 'prob')])
         writer.writerows(row for _, row in sorted(top5_rows, key=lambda x: x[0]))
-        files.save_text(os.path.join(args.output_dir, TOP5_CSV), text.getvalue())
+        atomic_files.write_text(os.path.join(args.output_dir, TOP5_CSV), text.getvalue())
     written = len(paths) - len(failures)
-    print(f'Wrote predictions for {written} of {len(paths)} files to {args.output_dir}')
+    print(f'Wrote predictions for {written} of {len(paths)} inputs to {args.output_dir}')
     if failures:
-        print(f'Skipped {len(failures)} unreadable or non-image files:', file=sys.stderr)
+        print(f'Skipped {len(failures)} folders, unreadable or non-image files:', file=sys.stderr)
         for path in sorted(failures):
             print(f'  {path}: {failures[path]}', file=sys.stderr)
         return 1
@@ -262,8 +265,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return run(args)
     except PredictError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        message = str(e)
+    except Exception as e:  # noqa: BLE001 - a full disk or a missing permission is one line; anything else raises.
+        message = io_errors.user_io_message(e)
+        if message is None:
+            raise
+    print(f'error: {message}', file=sys.stderr)
+    return 2
 
 
 if __name__ == '__main__':

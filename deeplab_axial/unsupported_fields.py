@@ -32,10 +32,6 @@ _RULES: Dict[Tuple[str, str], Tuple[tuple, str]] = {
         (), 'the depth (ViP-DeepLab) head is not built'),
     ('deeplab_axial.ModelOptions.BackboneOptions', 'pretrained_weights'): (
         (), 'use model_options.initial_checkpoint to initialise the backbone'),
-    ('deeplab_axial.ModelOptions.BackboneOptions', 'use_squeeze_and_excite'): (
-        (False,), 'the axial backbones have no squeeze-and-excitation'),
-    ('deeplab_axial.ModelOptions.BackboneOptions', 'use_sac_beyond_stride'): (
-        (-1,), 'switchable atrous convolution (SWideRNet) is not built'),
     ('deeplab_axial.ModelOptions.BackboneOptions', 'use_recompute_grad'): (
         (False,), 'recomputing the axial blocks in the backward pass is not implemented'),
     ('deeplab_axial.LossOptions', 'motion_loss'): ((), 'only the Panoptic-DeepLab and classification losses exist'),

@@ -7,19 +7,27 @@ Works for COCO and for Cityscapes panoptic GT made by cityscapesscripts (same fo
 forked worker processes, not threads: PNG decoding is 40% (with zlib-ng) to 70% of the time and pyspng holds the
 GIL while it decodes. Each image costs two decodes plus one table gather + bincount pass (segment_overlap). Results
 come back in image order, so the sums and the numbers do not depend on the number of workers. Any bad input stops
-the run with an error naming the image; OUT is written only when everything succeeded.
+the run with an error naming the image, and a worker that dies (e.g. killed for memory) stops it at once with an
+error naming the worker and the images it held; OUT is written only when everything succeeded.
 """
 
 import argparse
 import ctypes
 import multiprocessing
+from multiprocessing import connection
 import os
+import pickle
+import signal
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
-from evaluation.coco_panoptic_format import load_panoptic_json, read_panoptic_png, write_json_atomic
-from evaluation.panoptic_evaluator import METRICS, PanopticEvaluator
+from deeplab_axial import atomic_files
+from deeplab_axial import io_errors
+from deeplab_axial.data.coco_panoptic_format import load_panoptic_json
+from deeplab_axial.data.panoptic_png import read_panoptic_png
+from evaluation import metrics as metric_table
+from evaluation.panoptic_evaluator import PanopticEvaluator
 from evaluation.segment_overlap import SegmentOverlap, compile_for_png_ids, compute_overlap
 
 
@@ -32,22 +40,49 @@ def _pairs(gt: dict, pred: dict) -> List[tuple]:
     return pairs
 
 
+def _image_name(pair: tuple) -> str:
+    """How errors name an image: its id and ground-truth file."""
+    return f'{pair[0]!r} ({pair[1]["file_name"]})'
+
+
 def _overlap(pair: tuple, gt_folder: str, pred_folder: str, categories: Dict[int, dict]) -> SegmentOverlap:
-    image_id, gt_ann, pred_ann = pair
-    name = f'{image_id!r} ({gt_ann["file_name"]})'
+    _, gt_ann, pred_ann = pair
+    name = _image_name(pair)
     gt_ids = read_panoptic_png(os.path.join(gt_folder, gt_ann['file_name']), f'{name} ground truth')
     pred_ids = read_panoptic_png(os.path.join(pred_folder, pred_ann['file_name']), f'{name} prediction')
     return compute_overlap(name, gt_ids, gt_ann['segments_info'], pred_ids, pred_ann['segments_info'], categories)
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process ended without returning the images it held (e.g. killed by the system for memory)."""
+
+
 # A worker's (pairs, gt_folder, pred_folder, categories), inherited through fork (not pickled).
 _JOB: Optional[tuple] = None
+# Images per task: a few, so that one message carries several results, and a dead worker held few images.
+_CHUNK = 4
 
 
-def _init_worker(job: tuple) -> None:
+def _worker_loop(conn: connection.Connection, job: tuple) -> None:
+    """A worker: receives lists of pair indices, sends back ('ok', [SegmentOverlap]) or ('error', exception)."""
     global _JOB
     _JOB = job
     _keep_freed_memory()
+    while True:
+        try:
+            indices = conn.recv()
+        except EOFError:
+            return
+        if indices is None:
+            return
+        try:
+            reply = ('ok', [_overlap_of(i) for i in indices])
+        except Exception as e:  # noqa: BLE001 - handed to the main process, which raises it there.
+            reply = ('error', e)
+        try:
+            conn.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError):  # an exception that does not pickle
+            conn.send(('error', RuntimeError(f'{type(reply[1]).__name__}: {reply[1]}')))
 
 
 def _overlap_of(index: int) -> SegmentOverlap:
@@ -66,17 +101,110 @@ def _keep_freed_memory() -> None:
         pass
 
 
+class _Workers:
+    """Forked worker processes, each fed its own tasks through a pipe, so that the main process knows which images
+    every worker holds: a worker that dies (unlike with multiprocessing.Pool, which waits forever for its lost task)
+    ends the run at once with an error naming it and them."""
+
+    def __init__(self, count: int, job: tuple):
+        context = multiprocessing.get_context('fork')
+        self._conns, self._processes = [], []
+        try:
+            for _ in range(count):
+                parent, child = context.Pipe()
+                process = context.Process(target=_worker_loop, args=(child, job), daemon=True)
+                process.start()
+                child.close()  # only the worker holds its end: its death reads as end-of-file here
+                self._conns.append(parent)
+                self._processes.append(process)
+        except BaseException:
+            self.close(wait=False)
+            raise
+
+    def imap(self, tasks: Sequence[Sequence[int]], describe: Callable[[int], str]) -> Iterator[SegmentOverlap]:
+        """Yields the results of `tasks` (lists of pair indices) in order; `describe(index)` names an image."""
+        held: Dict[int, int] = {}  # worker -> task it works on
+        done: Dict[int, list] = {}  # task -> results not yet yielded
+        next_task = next_yield = 0
+        ahead = 4 * len(self._processes)  # tasks in flight or waiting to be yielded, bounding the memory used
+        while next_yield < len(tasks):
+            for worker in range(len(self._processes)):
+                if worker not in held and next_task < len(tasks) and next_task - next_yield < ahead:
+                    self._send(worker, list(tasks[next_task]), describe)
+                    held[worker] = next_task
+                    next_task += 1
+            while next_yield in done:
+                yield from done.pop(next_yield)
+                next_yield += 1
+            if not held:
+                continue  # everything asked for is done: yield it, then send more
+            busy = {self._conns[w]: w for w in held}
+            for conn in connection.wait(list(busy) + [self._processes[w].sentinel for w in held]):
+                worker = busy.get(conn)
+                if worker is None:
+                    continue  # a sentinel: the worker's pipe reads end-of-file too, handled there
+                try:
+                    status, payload = conn.recv()
+                except EOFError:
+                    raise self._died(worker, tasks[held[worker]], describe) from None
+                if status == 'error':
+                    raise payload
+                done[held.pop(worker)] = payload
+
+    def _send(self, worker: int, indices: list, describe: Callable[[int], str]) -> None:
+        try:
+            self._conns[worker].send(indices)
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._died(worker, (), describe) from None
+
+    def _died(self, worker: int, indices: Sequence[int], describe: Callable[[int], str]) -> WorkerDiedError:
+        process = self._processes[worker]
+        process.join(timeout=5)
+        code = process.exitcode
+        if code is None:
+            how = 'closed its pipe'
+        elif code < 0:
+            how = f'was killed by signal {signal.Signals(-code).name}'
+            if -code == signal.SIGKILL:
+                how += ' (often the system ending it for memory: try fewer --num_workers)'
+        else:
+            how = f'exited with status {code}'
+        images = ', '.join(describe(i) for i in indices) or 'none'
+        return WorkerDiedError(f'Evaluation worker {worker} (pid {process.pid}) {how}; the images it held: {images}')
+
+    def close(self, wait: bool = True) -> None:
+        """Stops the workers: asks them to finish (wait=True) or terminates them."""
+        for conn in self._conns:
+            if wait:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+        for process in self._processes:
+            process.join(timeout=5 if wait else 0)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+
+
 def _overlaps(pairs: List[tuple], gt_folder: str, pred_folder: str, categories: Dict[int, dict],
               workers: int) -> Iterator[SegmentOverlap]:
     """Yields each pair's SegmentOverlap in order, from `workers` forked processes (in this process without fork)."""
     if len(pairs) <= 1 or 'fork' not in multiprocessing.get_all_start_methods():
         yield from (_overlap(pair, gt_folder, pred_folder, categories) for pair in pairs)
         return
-    job = (pairs, gt_folder, pred_folder, categories)
     compile_for_png_ids()
-    with multiprocessing.get_context('fork').Pool(min(workers, len(pairs)), _init_worker, (job,)) as pool:
+    tasks = [range(start, min(start + _CHUNK, len(pairs))) for start in range(0, len(pairs), _CHUNK)]
+    pool = _Workers(min(workers, len(tasks)), (pairs, gt_folder, pred_folder, categories))
+    finished = False
+    try:
         # A result is a few small arrays and this process only adds them up, so the queue ahead stays short.
-        yield from pool.imap(_overlap_of, range(len(pairs)), chunksize=4)
+        yield from pool.imap(tasks, lambda i: _image_name(pairs[i]))
+        finished = True
+    finally:
+        pool.close(wait=finished)
 
 
 class _Progress:
@@ -99,11 +227,13 @@ class _Progress:
             self.stream.flush()
 
 
-def evaluate(gt_json: str, gt_folder: str, pred_json: str, pred_folder: str, metrics: Sequence[str] = METRICS,
-             num_workers: int = 0, progress: Optional[TextIO] = None) -> Dict[str, dict]:
+def evaluate(gt_json: str, gt_folder: str, pred_json: str, pred_folder: str,
+             metrics: Optional[Sequence[str]] = None, num_workers: int = 0,
+             progress: Optional[TextIO] = None) -> Dict[str, dict]:
     """Evaluates prediction files against GT files and returns the metrics dict (see PanopticEvaluator.result).
 
     Args:
+      metrics: names in the metric table (evaluation/metrics.py); None = all of them.
       num_workers: worker processes; 0 = one per CPU core.
       progress: stream for a progress bar (None = no bar).
     """
@@ -143,6 +273,9 @@ def format_table(results: Dict[str, dict]) -> str:
                      f'AP50 {100 * ap["cityscapes_AP50"]:.2f}')
     if 'miou' in results:
         lines.append(f'mIoU: {100 * results["miou"]["mIoU"]:.2f}')
+    for name in sorted(set(results) - {'pq', 'ap', 'miou'}):  # other metrics of the table: their summaries
+        scalars = metric_table.summaries({name: results[name]})
+        lines.append(f'{name}: ' + '  '.join(f'{tag.rsplit("/", 1)[-1]} {value:.4f}' for tag, value in scalars.items()))
     return '\n'.join(lines)
 
 
@@ -152,14 +285,15 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--gt_folder', required=True, help='folder of ground-truth PNGs')
     parser.add_argument('--pred_json', required=True, help='COCO panoptic prediction JSON (segments may carry score)')
     parser.add_argument('--pred_folder', required=True, help='folder of prediction PNGs')
-    parser.add_argument('--metrics', default='pq', help=f'comma-separated subset of {",".join(METRICS)}')
+    names = ','.join(metric_table.METRICS)
+    parser.add_argument('--metrics', default='pq', help=f'comma-separated subset of {names}')
     parser.add_argument('--output_json', default=None, help='where to write the results as JSON')
     parser.add_argument('--num_workers', type=int, default=0, help='worker processes (0 = one per CPU core)')
     args = parser.parse_args(argv)
     args.metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
-    bad = sorted(set(args.metrics) - set(METRICS))
+    bad = sorted(set(args.metrics) - set(metric_table.METRICS))
     if bad or not args.metrics:
-        parser.error(f'--metrics: unknown {bad}; expected a comma-separated subset of {",".join(METRICS)}')
+        parser.error(f'--metrics: unknown {bad}; expected a comma-separated subset of {names}')
     if args.num_workers < 0:
         parser.error(f'--num_workers must be >= 0; received {args.num_workers}')
     return args
@@ -170,12 +304,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         results = evaluate(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder, args.metrics,
                            args.num_workers, progress=sys.stderr)
-    except ValueError as e:
+        print(format_table(results))
+        if args.output_json:
+            atomic_files.write_json(args.output_json, results)
+    except (ValueError, WorkerDiedError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(format_table(results))
-    if args.output_json:
-        write_json_atomic(args.output_json, results)
+    except OSError as e:  # a full disk, a missing permission: one line naming the path
+        message = io_errors.user_io_message(e)
+        if message is None:
+            raise
+        print(f'error: {message}', file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,10 +3,10 @@
 Rows are GT classes, columns predicted classes plus one last column for "anything else" (void or a class outside
 the evaluated set). Void GT pixels are left out. Per class, IoU = tp / (tp + fp + fn) with fn = the rest of its row
 (predicting void on a valid pixel is a miss) and fp = the rest of its column over valid GT rows; classes with an
-empty denominator are left out of the mean.
+empty denominator are left out of the mean. The metric table's 'miou' (evaluation/metrics.py).
 """
 
-from typing import Dict, Sequence
+from typing import Dict, Mapping
 
 import numpy as np
 
@@ -17,11 +17,11 @@ class MeanIoU:
     """Mergeable confusion-matrix accumulator.
 
     Args:
-      class_ids: the evaluated class ids (dataset category ids for files, contiguous ids in memory).
+      categories: dataset category id -> {...}: the evaluated classes.
     """
 
-    def __init__(self, class_ids: Sequence[int]):
-        self.class_ids = np.array(sorted(class_ids), dtype=np.int64)
+    def __init__(self, categories: Mapping[int, dict]):
+        self.class_ids = np.array(sorted(categories), dtype=np.int64)
         n = len(self.class_ids)
         self.confusion = np.zeros((n, n + 1), np.int64)
 
@@ -34,7 +34,8 @@ class MeanIoU:
         return np.where(known, slot, len(self.class_ids))
 
     def add_semantic(self, semantic_gt: np.ndarray, semantic_pred: np.ndarray) -> None:
-        """Accumulates two semantic maps of one image; GT pixels outside `class_ids` (void) are skipped."""
+        """Accumulates two semantic maps of one image (dataset category ids); GT pixels outside the classes (void)
+        are skipped."""
         gt = self._slots(np.asarray(semantic_gt).ravel().astype(np.int64))
         pred = self._slots(np.asarray(semantic_pred).ravel().astype(np.int64))
         n = len(self.class_ids)
@@ -58,7 +59,8 @@ class MeanIoU:
         self.confusion += other.confusion
 
     def result(self) -> Dict:
-        """{'mIoU': mean over classes with tp + fp + fn > 0, 'per_class': {class id: IoU}} (absent classes left out)."""
+        """{'mIoU': mean over classes with tp + fp + fn > 0, 'per_class': {'class id': IoU}} (absent classes left
+        out)."""
         n = len(self.class_ids)
         tp = np.diag(self.confusion[:, :n]).astype(np.float64)
         fn = self.confusion.sum(axis=1) - tp
@@ -66,5 +68,10 @@ class MeanIoU:
         denominator = tp + fp + fn
         present = denominator > 0
         iou = np.where(present, tp / np.maximum(denominator, 1), np.nan)
-        per_class = {int(c): float(v) for c, v in zip(self.class_ids, iou) if not np.isnan(v)}
+        per_class = {str(c): float(v) for c, v in zip(self.class_ids, iou) if not np.isnan(v)}
         return {'mIoU': float(np.mean(iou[present])) if present.any() else 0.0, 'per_class': per_class}
+
+    @staticmethod
+    def summaries(result: Dict) -> Dict[str, float]:
+        """deeplab2's tag."""
+        return {'evaluation/iou/IoU': result['mIoU']}

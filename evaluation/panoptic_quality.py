@@ -4,7 +4,7 @@ Per image and category: a GT and a predicted segment of the same category match 
 leaves out the predicted pixels on void. Crowd GT segments never match; an unmatched prediction is no false positive
 when more than half of it lies on void plus the crowd region of its category (the official tools take the last crowd
 segment of that category listed in the JSON). Unmatched non-crowd GT segments are false negatives. Class averages
-run over the classes with tp + fp + fn > 0, for All, Things and Stuff.
+run over the classes with tp + fp + fn > 0, for All, Things and Stuff. The metric table's 'pq' (evaluation/metrics.py).
 """
 
 from typing import Dict, Mapping
@@ -15,7 +15,7 @@ from evaluation.segment_overlap import SegmentOverlap
 
 
 class PanopticQuality:
-    """Mergeable PQ accumulator over images (one `SegmentOverlap` each).
+    """Mergeable PQ accumulator over images (one `SegmentOverlap` each); its state is four arrays.
 
     Args:
       categories: dataset category id -> {'isthing': 0/1, ...} (the GT JSON's categories).
@@ -94,7 +94,7 @@ class PanopticQuality:
         return {'pq': sum(pq.tolist()) / n, 'sq': sum(sq.tolist()) / n, 'rq': sum(rq.tolist()) / n, 'n': n}
 
     def result(self) -> Dict[str, dict]:
-        """{'All'|'Things'|'Stuff': {pq, sq, rq, n}, 'per_class': {category id: {pq, sq, rq, tp, fp, fn, iou}}}."""
+        """{'All'|'Things'|'Stuff': {pq, sq, rq, n}, 'per_class': {'category id': {pq, sq, rq, tp, fp, fn}}}."""
         everything = np.ones(len(self.category_ids), bool)
         out = {'All': self._average(everything), 'Things': self._average(self.isthing),
                'Stuff': self._average(~self.isthing)}
@@ -102,10 +102,22 @@ class PanopticQuality:
         for k, c in enumerate(self.category_ids.tolist()):
             tp, fp, fn, iou = int(self.tp[k]), int(self.fp[k]), int(self.fn[k]), float(self.iou[k])
             denominator = tp + 0.5 * fp + 0.5 * fn
-            per_class[c] = {'pq': iou / denominator if denominator else 0.0,
-                            'sq': iou / tp if tp else 0.0,
-                            'rq': tp / denominator if denominator else 0.0,
-                            'tp': tp, 'fp': fp, 'fn': fn, 'iou': iou}
+            per_class[str(c)] = {'pq': iou / denominator if denominator else 0.0,
+                                 'sq': iou / tp if tp else 0.0,
+                                 'rq': tp / denominator if denominator else 0.0,
+                                 'tp': tp, 'fp': fp, 'fn': fn}
         out['per_class'] = per_class
         return out
+
+    @staticmethod
+    def summaries(result: Dict[str, dict]) -> Dict[str, float]:
+        """deeplab2's tags: PQ, SQ, RQ (All, and _Things / _Stuff) and TP, FN, FP, the means over the classes with
+        tp + fp + fn > 0 as deeplab2 reports them."""
+        tags = {f'evaluation/pq/{metric.upper()}{suffix}': result[part][metric]
+                for part, suffix in (('All', ''), ('Things', '_Things'), ('Stuff', '_Stuff'))
+                for metric in ('pq', 'sq', 'rq')}
+        present = [c for c in result['per_class'].values() if c['tp'] + c['fp'] + c['fn'] > 0]
+        for count in ('tp', 'fn', 'fp'):
+            tags[f'evaluation/pq/{count.upper()}'] = sum(c[count] for c in present) / max(len(present), 1)
+        return tags
 

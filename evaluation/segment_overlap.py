@@ -17,7 +17,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from evaluation.coco_panoptic_format import MAX_SEGMENT_ID, VOID_ID
+from deeplab_axial.data.coco_panoptic_format import MAX_SEGMENT_ID, VOID_ID
 
 try:
     import numba

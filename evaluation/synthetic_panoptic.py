@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from deeplab_axial.data.coco_panoptic_format import categories_from_descriptor, write_coco_panoptic, write_panoptic_json
 from deeplab_axial.data.dataset import DatasetDescriptor
-from evaluation.coco_panoptic_format import categories_from_descriptor, write_coco_panoptic, write_panoptic_json
 
 
 def _voronoi(seeds: np.ndarray, height: int, width: int, cell: int) -> np.ndarray:

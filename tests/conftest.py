@@ -1,6 +1,8 @@
-"""Shared pytest set-up: quiet TensorFlow, deterministic seeds."""
+"""Shared pytest set-up: quiet TensorFlow, deterministic seeds, a full disk."""
 
+import errno
 import os
+import subprocess
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -28,3 +30,31 @@ def constant_offset_model():
             common.PRED_OFFSET_MAP_KEY: tf.ones([shape[0], shape[1], shape[2], 2]) * tf.constant([1.0, 2.0]),
         }
     return model
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A folder on an empty 64 KiB tmpfs, a disk that a bigger write fills up. Skips where mounting is not permitted
+    (it needs root)."""
+    mount_point = tmp_path / 'small'
+    mount_point.mkdir()
+    try:
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(mount_point)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip('mounting a small tmpfs is not permitted here')
+    yield mount_point
+    subprocess.run(['umount', '-l', str(mount_point)], check=False, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def full_filesystem(small_filesystem):
+    """`small_filesystem` filled to the last byte by a file `filler`: any write there fails with ENOSPC."""
+    try:
+        with open(small_filesystem / 'filler', 'wb') as f:
+            while True:
+                f.write(b'x' * 4096)
+                f.flush()
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    return small_filesystem

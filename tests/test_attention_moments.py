@@ -38,14 +38,14 @@ def test_content_moments_match_direct_reduction(rng):
     (11, 5, 4, 255),  # local: 3 blocks, the last padded, windows cut at both borders
     (13, 7, 5, 2),  # local with clipped table rows inside the window
     (9, 1, 4, 255),  # span 1: each query sees itself only
+    (11, 15, 64, 255),  # shorter than the span: one block masked to the windows
 ])
 @pytest.mark.parametrize('term', ['query', 'key'])
 def test_relative_moments_match_direct_reduction(rng, length, span, block_size, max_span, term):
     geometry = _window(length, span, block_size, max_span)
     x = rng.normal(0.4, 1.0, (2, 3, length, 4)).astype(np.float32)
     table = rng.normal(0.1, 0.7, (2 * max_span - 1, 4)).astype(np.float32)
-    local_span = None if span is None or span >= length else span
-    valid, rows = _pairs(length, local_span, max_span)
+    valid, rows = _pairs(length, span, max_span)
     equation = 'nhod,opd->nhop' if term == 'query' else 'nhpd,opd->nhop'
     logits = np.einsum(equation, x.astype(np.float64), table.astype(np.float64)[rows])
     expected = _direct_moments(logits, valid)
@@ -91,8 +91,7 @@ def test_relative_moment_gradients_match_differentiated_direct_reduction(rng, le
     x = rng.normal(0.4, 1.0, (2, 3, length, 4))
     table = rng.normal(0.1, 0.7, (2 * max_span - 1, 4))
     upstream = rng.normal(size=(2, 3))
-    local_span = None if span is None or span >= length else span
-    valid, rows = _pairs(length, local_span, max_span)
+    valid, rows = _pairs(length, span, max_span)
     equation = 'nhod,opd->nhop' if term == 'query' else 'nhpd,opd->nhop'
     got = _gradients(lambda x, t: relative_moments(tf.cast(x, tf.float32), tf.cast(t, tf.float32),
                                                    geometry['count_rows'], geometry[f'{term}_counts'],

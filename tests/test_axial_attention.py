@@ -49,7 +49,7 @@ def numpy_axial_attention(x, layer, training=False):
     k = qkv[..., dkt:2 * dkt].reshape(n, length, heads, dk)
     v = qkv[..., 2 * dkt:].reshape(n, length, heads, dv)
     max_span = layer.max_span
-    half = None if layer.span is None or layer.span >= length else (layer.span - 1) // 2
+    half = None if layer.span is None else (layer.span - 1) // 2  # a window that covers the axis is global
     rel = np.arange(length)[None, :] - np.arange(length)[:, None]  # [o, p] = p - o
     rows = np.clip(rel, -(max_span - 1), max_span - 1) + max_span - 1
     window = np.ones((length, length), bool) if half is None else np.abs(rel) <= half
@@ -110,7 +110,8 @@ def _layer_and_input(rng, length=11, channels=6, **kwargs):
     dict(span=None, max_span=4),  # distances beyond 3 reuse the clipped table rows
     dict(span=5, block_size=4),  # 3 blocks, the last one padded
     dict(span=3, block_size=11),
-    dict(span=21),  # span >= length: global
+    dict(span=21),  # every window covers the axis: global
+    dict(span=15),  # shorter than the span, but the border queries miss the far end
     dict(span=1, block_size=4),  # each query attends to itself only
     dict(span=None, use_query_rpe_similarity=False, retrieve_value_rpe=False),
     dict(span=5, block_size=3, use_content_similarity=False, use_key_rpe_similarity=False),
@@ -131,12 +132,15 @@ def test_layer_matches_numpy_eq4(rng, kwargs, training):
     (257, 65, 64, 20),  # 13 blocks of 20 (260 padded) against 84 keys, where 64 computed 128 keys per query
     (129, 65, 64, 26),
     (9, 1, 1, 1),
+    # The whole axis as one block: 65 * (65 + 8) = 4745, blocks of 33: 2 * 97 * 41 = 7954.
+    (65, 65, 64, 65),
+    (20, 15, 8, 20),  # 20 * 28 = 560 against 3 * 21 * 15 = 945 (b 7); 20^2 <= 3 * 8 * 22 pairs of the cap
 ])
 def test_block_size_minimises_pairs_plus_block_work(length, span, max_block, expected):
     assert _block_size(length, span, max_block) == expected
     geometry = _window(length, span, max_block, 255)
     assert geometry['block'] == expected and geometry['blocks'] == -(-length // expected)
-    assert geometry['keys'] == expected + span - 1
+    assert geometry['keys'] == (length if expected == length else expected + span - 1)
 
 
 @pytest.mark.parametrize('training', [False, True])

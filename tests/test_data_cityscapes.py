@@ -12,7 +12,9 @@ from PIL import Image
 
 from deeplab_axial import common
 from deeplab_axial.data import build_cityscapes_data
+from deeplab_axial.data import dataset
 from deeplab_axial.data import input_pipeline
+from deeplab_axial.data import record_check
 
 import data_fixtures
 
@@ -84,6 +86,8 @@ def test_convert_and_read_back_every_pixel(cityscapes_root, tmp_path):
             np.testing.assert_array_equal(decoded[common.IMAGE], image)
             seen.add(name)
     assert seen == set(expected)
+    # --validate finds the converter's records sound: crowd (instance 0 of a thing) and void (255 * 1000) included.
+    assert record_check.check_records(os.path.join(out, 'val-*'), dataset.get('cityscapes_panoptic')) == []
 
 
 def test_crowd_as_ignore_and_eval_pipeline(cityscapes_root, tmp_path):
@@ -109,4 +113,27 @@ def test_missing_left_image_is_named(cityscapes_root, tmp_path):
     missing = os.path.join(root, 'leftImg8bit', 'val', 'bochum', 'bochum_000000_000313_leftImg8bit.png')
     os.remove(missing)
     with pytest.raises(FileNotFoundError, match='bochum_000000_000313_leftImg8bit.png'):
+        build_cityscapes_data.convert_split(root, str(tmp_path / 'out'), 'val', num_shards=1)
+
+
+def test_label_consistency_rules_on_hand_made_cityscapes_ids():
+    """Classes 0..18 or void 255 (divisor 1000); only things (11..18) carry instances."""
+    cityscapes = dataset.get('cityscapes_panoptic')
+    assert record_check.label_problem(np.array([0, 10000, 13000, 13001, 18999, 255000]), cityscapes) is None
+    assert record_check.label_problem(np.array([0, 19000, 254000]), cityscapes) == (
+        'label ids [19000, 254000] have classes outside 0..18 and are not the ignore label 255 (panoptic id = '
+        'class * 1000 + instance)')
+    assert record_check.label_problem(np.array([-5]), cityscapes).startswith('label ids [-5] have classes outside')
+    assert record_check.label_problem(np.array([13002, 10003, 255001]), cityscapes).startswith(
+        'label ids [10003, 255001] give an instance to a stuff or void class')
+
+
+def test_truncated_left_image_is_named(cityscapes_root, tmp_path):
+    root, _ = cityscapes_root
+    path = os.path.join(root, 'leftImg8bit', 'val', 'bochum', 'bochum_000000_000313_leftImg8bit.png')
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) - 20])
+    with pytest.raises(ValueError, match=r'Cannot decode image .*bochum_000000_000313_leftImg8bit\.png'):
         build_cityscapes_data.convert_split(root, str(tmp_path / 'out'), 'val', num_shards=1)

@@ -14,6 +14,7 @@ from deeplab_axial import common
 from deeplab_axial.data import autoaugment
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import input_pipeline
+from deeplab_axial.data import panoptic_png
 from deeplab_axial.data import preprocessing
 
 _DESCRIPTOR = dict(name='tiny', splits_to_sizes={}, num_classes=4, ignore_label=0, panoptic_label_divisor=256,
@@ -147,9 +148,9 @@ def test_panoptic_png_packing_is_bit_exact_for_large_ids():
     rng = np.random.default_rng(0)
     pan = rng.integers(0, 2 ** 24, (7, 9)).astype(np.int32)
     pan[0, 0] = 255 * 1000 + 999
-    np.testing.assert_array_equal(data_utils.decode_panoptic_png(data_utils.encode_panoptic_png(pan)), pan)
+    np.testing.assert_array_equal(panoptic_png.decode_panoptic_png(panoptic_png.encode_panoptic_png(pan)), pan)
     with pytest.raises(ValueError, match='2\\^24'):
-        data_utils.encode_panoptic_png(np.array([[2 ** 24]]))
+        panoptic_png.encode_panoptic_png(np.array([[2 ** 24]]))
 
 
 def test_policy_table_decodes_deeplab2_encoding():
@@ -261,3 +262,52 @@ def test_training_without_crop_size_is_rejected(tmp_path):
     with pytest.raises(ValueError, match='crop_size is needed for training'):
         input_pipeline.build_dataset(input_pipeline.DataOptions(
             dataset=_DESCRIPTOR, file_pattern=str(tmp_path / 'train-*'), crop_size=None))
+
+
+def _write_records_with_bad(path, bad_index, bad_example):
+    """Three good records with bad_example at bad_index."""
+    pan = _panoptic()
+    png = tf.io.encode_png(_label_coded_image(pan)).numpy()
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(3):
+            example = bad_example if i == bad_index else data_utils.create_panoptic_example(
+                png, 'png', f'img{i}', 20, 30, pan)
+            writer.write(example.SerializeToString())
+
+
+@pytest.mark.parametrize('is_training', [True, False])
+def test_a_record_that_does_not_decode_is_named_by_file_and_index(tmp_path, is_training):
+    """A truncated JPEG (it decoded to 'jpeg::Uncompress failed', naming nothing) and a label of another size."""
+    _write_records(str(tmp_path), 1)
+    pan = _panoptic()
+    jpeg = tf.io.encode_jpeg(_label_coded_image(pan)).numpy()
+    truncated = data_utils.create_panoptic_example(jpeg[:len(jpeg) // 2], 'jpeg', 'cut', 20, 30, pan)
+    small_label = data_utils.create_panoptic_example(jpeg, 'jpeg', 'small', 20, 30, pan)
+    small_label.features.feature[common.KEY_ENCODED_LABEL].bytes_list.value[0] = (
+        panoptic_png.encode_panoptic_png(pan[:19]))  # as another converter might have written it
+    _write_records_with_bad(str(tmp_path / 'train-b.tfrecord'), 2, truncated)
+    _write_records_with_bad(str(tmp_path / 'train-c.tfrecord'), 1, small_label)
+    for name, index in (('train-b.tfrecord', 2), ('train-c.tfrecord', 1)):
+        options = input_pipeline.DataOptions(dataset=_DESCRIPTOR, file_pattern=str(tmp_path / name), batch_size=1,
+                                             crop_size=(21, 31), is_training=is_training, repeat=False)
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f'Cannot decode record {index} .counted from 0. of {tmp_path / name}; '):
+            list(input_pipeline.build_dataset(options))
+
+
+def test_a_checkpointed_iterator_resumes_with_the_same_samples(tmp_path):
+    """The trainer checkpoints its input iterator; the per-record decode check must not make that impossible."""
+    _write_records(str(tmp_path), 2)
+    options = input_pipeline.DataOptions(dataset=_DESCRIPTOR, file_pattern=str(tmp_path / 'train-*'), batch_size=1,
+                                         crop_size=(17, 17), min_scale_factor=0.5, max_scale_factor=2.0, seed=3,
+                                         deterministic=True)
+    iterator = iter(input_pipeline.build_dataset(options))
+    next(iterator)
+    saved = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'ckpt' / 'iterator'))
+    expected = [next(iterator) for _ in range(3)]
+    restored = iter(input_pipeline.build_dataset(options))
+    tf.train.Checkpoint(iterator=restored).read(saved).assert_consumed()
+    for want in expected:
+        got = next(restored)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])

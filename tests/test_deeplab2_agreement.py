@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
-from deeplab2_fingerprints import fingerprint, gradient_projection
+from deeplab2_fingerprints import fingerprint_errors
 from deeplab_axial import common, config_utils
 from deeplab_axial.data import dataset, preprocessing, targets
-from deeplab_axial.inference import model_loader
-from deeplab_axial.model import builder, inference, registry
+from deeplab_axial.inference import inference_path, model_loader
+from deeplab_axial.model import builder, registry
 from deeplab_axial.model.deeplab2_checkpoint import (DEEPLAB2_LAYOUT, deeplab2_key, load_deeplab2_checkpoint,
                                                     readable_items)
 from deeplab_axial.model.loss.panoptic_deeplab_loss import PanopticDeepLabLoss
@@ -128,17 +128,7 @@ def test_training_gradients_match_deeplab2():
     keys = load_deeplab2_checkpoint(model.checkpoint_items, prefix)
     outputs = {'semantic_logits': common.PRED_SEMANTIC_LOGITS_KEY, 'center_heatmap': common.PRED_CENTER_HEATMAP_KEY,
                'offset_map': common.PRED_OFFSET_MAP_KEY}
-    with tf.GradientTape() as tape:
-        predictions = model(tf.constant(expected['images']), training=True)
-        scalar = tf.add_n([tf.reduce_sum(predictions[outputs[key]] * weight)
-                           for key, weight in gradient_projection(expected['images'].shape).items()])
-    gradients = tape.gradient(scalar, model.trainable_variables)
-    theirs = {v.path: expected[f'grad:{keys[v.path]}'] for v in model.trainable_variables}
-    assert len(theirs) == len([key for key in expected if key.startswith('grad:')])
-    scale = max(value[0] for value in theirs.values())
-    ours = {v.path: fingerprint(np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy())
-            for v, g in zip(model.trainable_variables, gradients)}
-    errors = {path: np.abs(ours[path] - theirs[path]).max() / (theirs[path][0] + 1e-6 * scale) for path in ours}
+    errors = fingerprint_errors(model, keys, expected, outputs)
     worst = max(errors, key=errors.get)
     assert errors[worst] < 0.15, (worst, errors[worst])
 
@@ -292,7 +282,7 @@ def test_resizing_matches_deeplab2():
         np.testing.assert_allclose(scaled[0], data[f'{name}_image'], atol=1e-3)
         np.testing.assert_array_equal(scaled[1], data[f'{name}_label'])
     # Back to the image size after evaluation (deeplab2's undo_preprocessing): crop the valid region, align corners.
-    restored = inference.restore_to_image_size(
+    restored = inference_path.restore_to_image_size(
         {common.PRED_PANOPTIC_KEY: tf.constant(data['undo_panoptic_pred']),
          common.PRED_SEMANTIC_PROBS_KEY: tf.constant(data['undo_semantic_probs'])}, [9, 13], [25, 37])
     np.testing.assert_array_equal(restored[common.PRED_PANOPTIC_KEY], data['undone_panoptic_pred'])

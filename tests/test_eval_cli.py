@@ -4,8 +4,12 @@ import contextlib
 import io
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from PIL import Image
 
 from deeplab_axial.data import dataset
 from evaluation import evaluate as cli
-from deeplab_axial.data.panoptic_ids import id_to_rgb
+from deeplab_axial.data.panoptic_png import id_to_rgb
 from evaluation.synthetic_panoptic import random_panoptic_pair, write_panoptic_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,6 +143,36 @@ def _corrupt_gt_id_not_in_json(paths):
     Image.fromarray(rgb).save(path)
 
 
+def _corrupt_segment_not_object(paths):
+    _edit_json(paths['pred_json'], lambda d: d['annotations'][1]['segments_info'].insert(0, 'sky'))
+
+
+def _corrupt_segment_id_type(paths):
+    _edit_json(paths['pred_json'], lambda d: d['annotations'][1]['segments_info'][0].update(id='7'))
+
+
+def _corrupt_gt_area_type(paths):
+    _edit_json(paths['gt_json'], lambda d: d['annotations'][1]['segments_info'][0].update(area=[3]))
+
+
+def _corrupt_segments_info_type(paths):
+    _edit_json(paths['gt_json'], lambda d: d['annotations'][1].update(segments_info={'id': 1}))
+
+
+def _corrupt_16_bit_gt(paths):
+    """The same ids in a 16-bit-per-channel PNG: Pillow would read each channel's high byte, giving other ids."""
+    path = _png(paths, 'gt', 1)
+    rgb = np.asarray(Image.open(path)).astype('>u2') * 257
+    height, width, _ = rgb.shape
+    raw = b''.join(b'\x00' + row.tobytes() for row in rgb)
+    chunk = lambda kind, data: (struct.pack('>I', len(data)) + kind + data  # noqa: E731
+                                + struct.pack('>I', zlib.crc32(kind + data)))
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 16, 2, 0, 0, 0))
+                + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+    assert Image.open(path).mode == 'RGB'  # what made it pass unnoticed
+
+
 @pytest.mark.parametrize('corrupt, message', [
     (_corrupt_missing_png, r'Image 1 .*prediction: PNG file .* does not exist'),
     (_corrupt_size, r'Image 1 .*prediction PNG is 48x30 .* ground truth is 48x32'),
@@ -147,17 +181,23 @@ def _corrupt_gt_id_not_in_json(paths):
     (_corrupt_category, r'Image 1 .*unknown category_id 999'),
     (_corrupt_duplicate_image, r'prediction JSON .*image id 1 appears twice'),
     (_corrupt_duplicate_gt_image, r'ground truth JSON .*image id 1 appears twice'),
-    (_corrupt_rgba, r'Image 1 .*mode .RGBA.*must be RGB'),
-    (_corrupt_grey, r"Image 1 .*mode 'L'.*must be RGB"),
+    (_corrupt_rgba, r"Image 1 .*must be 8-bit RGB .*; this is a PNG of mode 'RGBA'"),
+    (_corrupt_grey, r"Image 1 .*must be 8-bit RGB .*; this is a PNG of mode 'L'"),
     (_corrupt_no_prediction, r'Image 1: no prediction'),
     (_corrupt_gt_id_not_in_json, r'Image 1 .*segment ids \[777\] are in the ground truth PNG but not in its JSON'),
+    (_corrupt_segment_not_object, r"Image 1 \(prediction\): a segments_info entry is not an object: sky"),
+    (_corrupt_segment_id_type, r"Image 1 \(prediction\): segment '7' has id '7'; expected an integer"),
+    (_corrupt_gt_area_type, r'Image 1 \(ground truth\): segment \d+ has area \[3\]; expected a number'),
+    (_corrupt_segments_info_type, r"Image 1 \(ground truth\): segments_info is not a list: \{'id': 1\}"),
+    (_corrupt_16_bit_gt,
+     r'Image 1 .*ground truth: PNG .*: a panoptic PNG must be 8-bit RGB .*; this one has 16 bits per channel'),
 ])
 def test_bad_input_stops_with_named_error_and_no_output(panoptic_set, tmp_path, corrupt, message):
     corrupt(panoptic_set)
     out = str(tmp_path / 'metrics.json')
     code, _, stderr = _run(_argv(panoptic_set, out))
     assert code == 1
-    assert any(__import__('re').search(message, line) for line in stderr.splitlines()), stderr
+    assert any(re.search(message, line) for line in stderr.splitlines()), stderr
     assert not os.path.exists(out)
 
 
@@ -190,3 +230,55 @@ def test_last_crowd_segment_of_a_category_is_the_crowd_region(tmp_path):
         official = pq_compute(paths['gt_json'], paths['pred_json'], paths['gt_folder'], paths['pred_folder'])
     assert ours['pq']['per_class']['1']['fp'] == 1  # segment 5 counts, segment 6 is absorbed
     assert ours['pq']['All'] == pytest.approx(official['All'], abs=1e-12)
+
+
+def test_a_worker_killed_mid_run_ends_it_naming_the_worker_and_its_images(tmp_path):
+    """multiprocessing.Pool waited forever for the task of a worker killed for memory; now the run stops at once."""
+    descriptor = dataset.get('synthetic_panoptic')
+    rng = np.random.default_rng(12)
+    paths = write_panoptic_dataset(str(tmp_path / 'set'), descriptor,
+                                   [random_panoptic_pair(rng, descriptor, 16, 24, 4) for _ in range(10)])
+    out = tmp_path / 'metrics.json'
+    script = textwrap.dedent('''
+        import os, signal, sys
+        from evaluation import evaluate as cli
+        original = cli._overlap
+        def overlap(pair, *args):
+            if pair[0] == 5:  # the worker holding image 5 dies as one killed for memory does
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(pair, *args)
+        cli._overlap = overlap
+        sys.exit(cli.main(sys.argv[1:]))
+    ''')
+    proc = subprocess.run([sys.executable, '-c', script] + _argv(paths, str(out)), cwd=REPO_ROOT,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    # Images go out 4 at a time (evaluate._CHUNK): worker 1 took images 4..7 while worker 0 had 0..3.
+    errors = [line for line in proc.stderr.splitlines() if 'error:' in line]
+    assert len(errors) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert re.search(r'error: Evaluation worker 1 \(pid \d+\) was killed by signal SIGKILL .*fewer --num_workers.*; '
+                     r'the images it held: 4 \(image_00004.png\), 5 \(image_00005.png\), 6 \(image_00006.png\), '
+                     r'7 \(image_00007.png\)$', errors[0]), errors[0]
+    assert not out.exists()
+
+
+def test_the_results_file_takes_the_umask_mode_and_a_write_fault_is_one_line(panoptic_set, tmp_path):
+    out = tmp_path / 'out' / 'metrics.json'
+    previous = os.umask(0o027)
+    try:
+        code, _, _ = _run(_argv(panoptic_set, str(out), 'pq'))
+    finally:
+        os.umask(previous)
+    assert code == 0 and os.stat(out).st_mode & 0o777 == 0o640  # mkstemp made it 0o600
+    blocked = tmp_path / 'file'
+    blocked.write_text('')
+    code, _, stderr = _run(_argv(panoptic_set, str(blocked / 'metrics.json'), 'pq'))
+    assert code == 1 and stderr.splitlines()[-1] == f'error: {blocked}: File exists'  # not a folder
+
+
+def test_a_full_disk_is_one_error_line_naming_the_file(panoptic_set, full_filesystem):
+    out = full_filesystem / 'metrics.json'
+    code, _, stderr = _run(_argv(panoptic_set, str(out), 'pq'))
+    assert code == 1 and 'Traceback' not in stderr
+    assert stderr.splitlines()[-1] == f'error: {out}: No space left on device'
+    assert os.listdir(full_filesystem) == ['filler']

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from deeplab_axial.data import dataset
-from evaluation.coco_panoptic_format import read_panoptic_png
+from deeplab_axial.data.panoptic_png import read_panoptic_png
 from evaluation.evaluate import evaluate
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from evaluation.synthetic_panoptic import random_panoptic_pair, write_panoptic_dataset

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deeplab_axial.data import coco_panoptic_format
 from deeplab_axial.data import dataset
-from evaluation import coco_panoptic_format
+from deeplab_axial.data import panoptic_png
+from deeplab_axial.data.panoptic_png import read_panoptic_png
 from evaluation import evaluate as cli
-from evaluation.coco_panoptic_format import read_panoptic_png
 from evaluation.synthetic_panoptic import random_panoptic_pair, write_panoptic_dataset
 
 
@@ -23,11 +24,11 @@ def decoder(request, monkeypatch):
     if 'pyspng' in request.param:
         pytest.importorskip('pyspng')
     else:
-        monkeypatch.setattr(coco_panoptic_format, 'pyspng', None)
+        monkeypatch.setattr(panoptic_png, 'pyspng', None)
     if 'zlib-ng' in request.param:
         pytest.importorskip('zlib_ng')
     else:
-        monkeypatch.setattr(coco_panoptic_format, 'zlib_ng', None)
+        monkeypatch.setattr(panoptic_png, 'zlib_ng', None)
     return request.param
 
 
@@ -63,7 +64,8 @@ def test_pngs_that_are_not_8_bit_rgb_are_refused(decoder, tmp_path, mode):
     image = Image.new('I;16', (8, 6), 258) if mode == 'I;16' else Image.new('RGB', (8, 6), (1, 2, 3)).convert(mode)
     image.save(path)
     expected = Image.open(path).mode
-    with pytest.raises(ValueError, match=f"Image x: PNG .* has mode '{expected}'; a panoptic PNG must be RGB"):
+    with pytest.raises(ValueError, match=f"Image x: PNG .*: a panoptic PNG must be 8-bit RGB .*; this is a PNG of mode "
+                                         f"'{expected}'"):
         read_panoptic_png(path, 'x')
 
 
@@ -71,7 +73,7 @@ def test_truncated_png_is_a_named_error(decoder, tmp_path):
     path = tmp_path / 'cut.png'
     _write_rgb(str(path), np.random.default_rng(0).integers(0, 2 ** 24, size=(40, 40)))
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(ValueError, match=r'Image x: cannot decode PNG .*cut\.png'):
+    with pytest.raises(ValueError, match=r'Image x: PNG .*cut\.png: not a readable PNG: '):
         read_panoptic_png(str(path), 'x')
 
 
@@ -124,9 +126,9 @@ def _panoptic_rgb(rng, height, width):
 def _read_with_and_without_zlib_ng(path, monkeypatch):
     """read_panoptic_png's result (or ValueError message) with zlib-ng, then with the original bytes only."""
     results = []
-    for module in (coco_panoptic_format.zlib_ng, None):
+    for module in (panoptic_png.zlib_ng, None):
         with monkeypatch.context() as m:
-            m.setattr(coco_panoptic_format, 'zlib_ng', module)
+            m.setattr(panoptic_png, 'zlib_ng', module)
             try:
                 results.append(read_panoptic_png(path, 'x'))
             except ValueError as e:
@@ -153,7 +155,7 @@ def test_zlib_ng_path_hands_over_stored_image_data():
     rgb = _panoptic_rgb(np.random.default_rng(1), 9, 31)
     filters = [0, 1, 2, 3, 4, 4, 2, 2, 1]
     original = _png(rgb, filters, (5,), [(b'gAMA', struct.pack('>I', 45455))])
-    stored = coco_panoptic_format._with_stored_image_data(original)
+    stored = panoptic_png._with_stored_image_data(original)
     assert stored[:33] == original[:33] and stored.endswith(_chunk(b'IEND', b''))
     idat_length, = struct.unpack('>I', stored[33:37])
     assert stored[37:41] == b'IDAT' and len(stored) == 33 + 12 + idat_length + 12
@@ -195,12 +197,12 @@ def test_damaged_files_fall_back_to_the_original_bytes(tmp_path, monkeypatch, us
     if use_pyspng:
         pytest.importorskip('pyspng')
     else:
-        monkeypatch.setattr(coco_panoptic_format, 'pyspng', None)
+        monkeypatch.setattr(panoptic_png, 'pyspng', None)
     rgb = _panoptic_rgb(np.random.default_rng(2), 12, 23)
     png = _png(rgb, [1, 2, 4] * 4)
     for name, damaged in _corruptions(png).items():
         if name != 'invalid filter type':  # left to the decoder, which reads the filter bytes as they were
-            assert coco_panoptic_format._with_stored_image_data(damaged) is None, name
+            assert panoptic_png._with_stored_image_data(damaged) is None, name
         path = tmp_path / 'damaged.png'
         path.write_bytes(damaged)
         with_ng, without = _read_with_and_without_zlib_ng(str(path), monkeypatch)
@@ -240,7 +242,7 @@ def test_results_are_identical_for_any_decoder_and_worker_count(panoptic_set, mo
     assert reference['pq']['All']['n'] > 0
     assert _evaluate(panoptic_set, 3) == reference
     with monkeypatch.context() as m:
-        m.setattr(coco_panoptic_format, 'pyspng', None)  # inherited by the forked workers
+        m.setattr(panoptic_png, 'pyspng', None)  # inherited by the forked workers
         assert _evaluate(panoptic_set, 2) == reference
     with monkeypatch.context() as m:
         m.setattr(multiprocessing, 'get_all_start_methods', lambda: ['spawn'])  # no fork: in this process

@@ -1,4 +1,5 @@
-"""In-memory evaluation (what the trainer calls): hand-computed values, batches, and merging across workers."""
+"""In-memory evaluation (what the trainer calls): hand-computed values and summaries, batches, and merging across
+workers."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from deeplab_axial.data import dataset
+from evaluation import metrics as metric_table
 from evaluation.cityscapes_instance_ap import average_precision
 from evaluation.panoptic_evaluator import PanopticEvaluator
 from evaluation.synthetic_panoptic import random_panoptic_pair
@@ -21,13 +23,18 @@ def _pan(rows):
     return np.array(rows, np.int32)
 
 
-def test_hand_computed_pq_and_miou():
+def _hand_example():
+    """A 4x4 image: a disc (6 pixels), sky and void; the prediction's disc takes 7 pixels, 2 of them on void."""
     d1, sky, void = DISC * DIV + 1, SKY * DIV, VOID * DIV
     gt = _pan([[d1, d1, sky, sky], [d1, d1, sky, sky], [d1, d1, sky, sky], [void, void, sky, sky]])
     d5 = DISC * DIV + 5
     pred = _pan([[d5, d5, d5, sky], [d5, d5, sky, sky], [sky, sky, sky, sky], [d5, d5, sky, sky]])
+    return gt, pred
+
+
+def test_hand_computed_pq_and_miou():
     evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC, ['pq', 'miou'])
-    evaluator.update(gt, pred)
+    evaluator.update(*_hand_example())
     result = evaluator.result()
     # disc: 7 predicted pixels, 2 on void, 4 shared with the 6 GT pixels: IoU = 4 / (7 + 6 - 4 - 2).
     # sky: 9 predicted, 8 GT, 7 shared: IoU = 7 / 10.
@@ -41,6 +48,31 @@ def test_hand_computed_pq_and_miou():
     # Semantic: disc tp 4, fn 2 (predicted sky), fp 1 (on GT sky); sky tp 7, fn 1, fp 2; void GT ignored.
     assert result['miou']['per_class'] == pytest.approx({str(disc_id): 4 / 7, str(sky_id): 7 / 10})
     assert result['miou']['mIoU'] == pytest.approx((4 / 7 + 0.7) / 2)
+
+
+def test_summaries_carry_deeplab2s_tags_with_hand_computed_values():
+    gt, pred = _hand_example()
+    evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC)
+    evaluator.update(gt, pred)
+    # PQ: disc IoU 4 / 7 (a thing; its 2 pixels on void leave the union), sky 7 / 10 (stuff), both matched (as
+    # above). Mask AP: COCO's IoU keeps those pixels in the union, 4 / 9 < 0.5: the disc matches nothing.
+    result = evaluator.result()
+    assert metric_table.summaries(result) == pytest.approx({
+        'evaluation/pq/PQ': (4 / 7 + 0.7) / 2, 'evaluation/pq/SQ': (4 / 7 + 0.7) / 2, 'evaluation/pq/RQ': 1.0,
+        'evaluation/pq/PQ_Things': 4 / 7, 'evaluation/pq/SQ_Things': 4 / 7, 'evaluation/pq/RQ_Things': 1.0,
+        'evaluation/pq/PQ_Stuff': 0.7, 'evaluation/pq/SQ_Stuff': 0.7, 'evaluation/pq/RQ_Stuff': 1.0,
+        'evaluation/pq/TP': 1.0, 'evaluation/pq/FN': 0.0, 'evaluation/pq/FP': 0.0,
+        'evaluation/ap/AP_Mask': 0.0, 'evaluation/ap/AP50_Mask': 0.0, 'evaluation/ap/AP75_Mask': 0.0,
+        'evaluation/iou/IoU': (4 / 7 + 0.7) / 2,
+    })
+    # A disc on 4 of the 6 GT disc pixels and nothing else: IoU 4 / 6 under either rule.
+    d5, sky, void = DISC * DIV + 5, SKY * DIV, VOID * DIV
+    inside = _pan([[d5, d5, sky, sky], [d5, d5, sky, sky], [sky, sky, sky, sky], [void, void, sky, sky]])
+    evaluator = PanopticEvaluator.from_descriptor(SYNTHETIC, ['ap'])
+    evaluator.update(gt, inside)
+    summaries = metric_table.summaries(evaluator.result())
+    assert summaries == pytest.approx({'evaluation/ap/AP_Mask': 0.4, 'evaluation/ap/AP50_Mask': 1.0,
+                                       'evaluation/ap/AP75_Mask': 0.0})  # matched at 0.5 .. 0.65 of 0.5 .. 0.95
 
 
 def test_miou_from_semantic_prediction():
@@ -72,6 +104,10 @@ def test_crowd_absorbs_predictions_covering_more_than_half():
     disc, wall_c = per_class[str(SYNTHETIC.to_dataset_id(DISC))], per_class[str(SYNTHETIC.to_dataset_id(WALL))]
     assert (disc['tp'], disc['fp'], disc['fn']) == (0, 1, 0)
     assert (wall_c['tp'], wall_c['fp'], wall_c['fn']) == (0, 1, 1)  # IoU 1 / 5
+    # deeplab2's TP, FN, FP summaries: the means over the classes with tp + fp + fn > 0 (disc and wall).
+    summaries = metric_table.summaries(evaluator.result())
+    assert (summaries['evaluation/pq/TP'], summaries['evaluation/pq/FP'], summaries['evaluation/pq/FN']) == (
+        0.0, 1.0, 0.5)
 
 
 def test_batches_and_merged_workers_equal_one_stream():
@@ -116,7 +152,7 @@ def test_average_precision_by_hand():
 
 
 def test_evaluation_imports_without_tensorflow():
-    code = ('import sys, evaluation.evaluate, evaluation.panoptic_evaluator, evaluation.coco_panoptic_format; '
-            'sys.exit(int("tensorflow" in sys.modules or "keras" in sys.modules))')
+    code = ('import sys, evaluation.evaluate, evaluation.panoptic_evaluator, deeplab_axial.data.coco_panoptic_format, '
+            'deeplab_axial.atomic_files; sys.exit(int("tensorflow" in sys.modules or "keras" in sys.modules))')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert subprocess.run([sys.executable, '-c', code], cwd=root, timeout=120).returncode == 0

@@ -1,13 +1,16 @@
-"""SavedModel export (trainer/export_model.py) and checkpoint inference (checkpoint_runner.build_runner).
+"""SavedModel export (inference/saved_model_export.py, trainer/export_model.py) and checkpoint inference
+(checkpoint_runner.build_runner).
 
 A tiny Axial-DeepLab with seeded random weights (batch-norm statistics taken from the synthetic images, so that its
 maps vary) is saved the way trainer/controller.py saves (model parts at the top level of a tf.train.Checkpoint
 next to the global step and optimizer), exported, and compared with the evaluator's path
-(`deeplab_axial.model.inference` on the eval input pipeline's padded sample) and with the checkpoint runner.
+(`deeplab_axial.inference.inference_path` on the eval input pipeline's padded sample) and with the checkpoint
+runner.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -23,11 +26,11 @@ from deeplab_axial import common, config_utils, predict
 from deeplab_axial.data import input_pipeline, preprocessing
 from deeplab_axial.data import synthetic
 from deeplab_axial.data import build_coco_data
-from deeplab_axial.inference import checkpoint_runner, model_loader, saved_model_runner
-from deeplab_axial.model import builder, inference
+from deeplab_axial.inference import (checkpoint_runner, inference_path, model_loader, saved_model_export,
+                                     saved_model_runner)
+from deeplab_axial.model import builder
 from deeplab_axial.protos import config_pb2
 from evaluation import evaluate as evaluation_evaluate
-from trainer import export_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PANOPTIC_CONFIG = os.path.join(REPO_ROOT, 'configs', 'synthetic', 'axial_deeplab_tiny.textproto')
@@ -114,10 +117,20 @@ def panoptic(workdir, data, eval_samples):
             'post_processor': builder.build_post_processor(config, descriptor), 'descriptor': descriptor}
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, '-c', ''])
+    process.wait()
+    return process.pid
+
+
 @pytest.fixture(scope='module')
 def panoptic_export(workdir, panoptic):
     output = str(workdir / 'panoptic_export')
-    export_model.export(panoptic['config'], panoptic['checkpoint'], output)
+    # Temporary folders of an export to the same path: one killed (removed by the export), one still running (kept).
+    for pid in (_dead_pid(), os.getppid()):
+        os.makedirs(workdir / f'.panoptic_export.export-{socket.gethostname()}-{pid}' / 'saved_model')
+    saved_model_export.export(panoptic['config'], panoptic['checkpoint'], output)
     return output
 
 
@@ -140,17 +153,18 @@ def _eval_path(panoptic, image: np.ndarray) -> dict:
     """
     @tf.function
     def run(image):
-        padded, resized = inference.fit_to_input_size(image, CROP)
-        predictions = inference.panoptic_predictions(panoptic['model'], panoptic['post_processor'], padded[None])
-        return inference.restore_to_image_size({k: v[0] for k, v in predictions.items()}, resized,
-                                               tf.shape(image)[:2])
+        padded, resized = inference_path.fit_to_input_size(image, CROP)
+        predictions = inference_path.panoptic_predictions(panoptic['model'], panoptic['post_processor'],
+                                                          padded[None])
+        return inference_path.restore_to_image_size({k: v[0] for k, v in predictions.items()}, resized,
+                                                    tf.shape(image)[:2])
 
     return {k: v.numpy() for k, v in run(tf.constant(image)).items()}
 
 
 def test_fit_to_input_size_traces_for_dynamic_image_sizes():
     # The signatures trace fit_to_input_size with unknown height and width (graph-mode dtype rules).
-    fit = tf.function(lambda image: inference.fit_to_input_size(image, (9, 11)),
+    fit = tf.function(lambda image: inference_path.fit_to_input_size(image, (9, 11)),
                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     padded, resized = fit(tf.fill([18, 11, 3], tf.constant(200, tf.uint8)))
     np.testing.assert_array_equal(resized.numpy(), [9, 5])  # scale 0.5, floor(11 * 0.5) = 5
@@ -165,7 +179,8 @@ def test_export_writes_signatures_and_asset(panoptic_export, loaded_export, pano
     assert meta['task'] == 'panoptic' and meta['model'] == 'axial_deeplab_tiny'
     assert meta['dataset']['name'] == 'synthetic_panoptic' and meta['dataset']['panoptic_label_divisor'] == 256
     assert saved_model_runner.read_export_metadata(panoptic_export)['dataset'] == panoptic['descriptor']
-    assert not [name for name in os.listdir(os.path.dirname(panoptic_export)) if name.startswith('.export-')]
+    left = [name for name in os.listdir(os.path.dirname(panoptic_export)) if name.startswith('.')]
+    assert left == [f'.panoptic_export.export-{socket.gethostname()}-{os.getppid()}']  # the killed one's went
     # XLA-free by default: no function of the graph asks for compilation.
     saved = saved_model_pb2.SavedModel.FromString(open(os.path.join(panoptic_export, 'saved_model.pb'), 'rb').read())
     functions = saved.meta_graphs[0].graph_def.library.function
@@ -175,10 +190,11 @@ def test_export_writes_signatures_and_asset(panoptic_export, loaded_export, pano
 def test_export_equals_evaluation_on_the_eval_pipeline_sample(loaded_export, panoptic, eval_samples):
     for sample in eval_samples:
         # The evaluator: padded sample from the input pipeline -> predictions -> restored to the raw size.
-        predictions = inference.panoptic_predictions(panoptic['model'], panoptic['post_processor'],
-                                                     sample[common.IMAGE])
-        expected = inference.restore_to_image_size({k: v[0] for k, v in predictions.items()},
-                                                   sample[common.GT_SIZE_RESIZED][0], sample[common.GT_SIZE_RAW][0])
+        predictions = inference_path.panoptic_predictions(panoptic['model'], panoptic['post_processor'],
+                                                          sample[common.IMAGE])
+        expected = inference_path.restore_to_image_size({k: v[0] for k, v in predictions.items()},
+                                                        sample[common.GT_SIZE_RESIZED][0],
+                                                        sample[common.GT_SIZE_RAW][0])
         image = _raw_image(sample)
         served = loaded_export.signatures['serving_default'](image=tf.constant(image))
         assert set(served) == PANOPTIC_KEYS
@@ -246,15 +262,25 @@ def test_export_refuses_a_non_empty_output_and_bad_checkpoints(panoptic, tmp_pat
     output = tmp_path / 'taken'
     output.mkdir()
     (output / 'keep.txt').write_text('x')
-    with pytest.raises(export_model.ExportError, match='not empty; pass --overwrite'):
-        export_model.export(panoptic['config'], panoptic['checkpoint'], str(output))
+    with pytest.raises(saved_model_export.ExportError, match='not empty; pass --overwrite'):
+        saved_model_export.export(panoptic['config'], panoptic['checkpoint'], str(output))
     assert os.listdir(output) == ['keep.txt']
     with pytest.raises(model_loader.CheckpointError, match='does not exist'):
-        export_model.export(panoptic['config'], str(tmp_path / 'missing' / 'ckpt-3'), str(tmp_path / 'out'))
+        saved_model_export.export(panoptic['config'], str(tmp_path / 'missing' / 'ckpt-3'), str(tmp_path / 'out'))
     other = tf.train.Checkpoint(global_step=tf.Variable(1, dtype=tf.int64)).write(str(tmp_path / 'other' / 'ckpt'))
     with pytest.raises(model_loader.CheckpointError, match='does not hold this model'):
-        export_model.export(panoptic['config'], other, str(tmp_path / 'out'))
+        saved_model_export.export(panoptic['config'], other, str(tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_full_disk_is_one_error_naming_the_path(panoptic, small_filesystem):
+    """The SavedModel does not fit the 64 KiB disk: TensorFlow's error for it becomes one line naming the file."""
+    output = small_filesystem / 'export'
+    with pytest.raises(saved_model_export.ExportError,
+                       match=rf'^Cannot write the SavedModel {output}: {small_filesystem}/\.export\.export-\S+/'
+                             r'saved_model/\S+: No space left on device$'):
+        saved_model_export.export(panoptic['config'], panoptic['checkpoint'], str(output))
+    assert os.listdir(small_filesystem) == []
 
 
 def test_restored_weights_are_the_checkpoint_weights(panoptic, eval_samples):
@@ -298,10 +324,10 @@ def test_classification_export_cli(workdir, tmp_path):
     with open(os.path.join(output, 'assets', 'deeplab_axial.json')) as f:
         assert json.load(f)['task'] == 'classification'
     # The folder is now taken: a second export is refused, and --overwrite replaces the whole folder.
-    with pytest.raises(export_model.ExportError, match='--overwrite'):
-        export_model.export(config, checkpoint, output)
+    with pytest.raises(saved_model_export.ExportError, match='--overwrite'):
+        saved_model_export.export(config, checkpoint, output)
     (tmp_path / 'classifier' / 'stale.txt').write_text('old')
-    export_model.export(config, checkpoint, output, overwrite=True)
+    saved_model_export.export(config, checkpoint, output, overwrite=True)
     assert not (tmp_path / 'classifier' / 'stale.txt').exists()
     assert (tmp_path / 'classifier' / 'saved_model.pb').exists()
 
@@ -320,7 +346,13 @@ def test_checkpoint_runner_equals_the_saved_model(runner, loaded_export, eval_sa
     for image in (small, large):
         served = loaded_export.signatures['serving_default'](image=tf.constant(image))
         ours = runner([image])
-        np.testing.assert_array_equal(ours[common.PRED_PANOPTIC_KEY], served[common.PRED_PANOPTIC_KEY].numpy())
+        # A pixel whose two nearest centres are equally far to within the two graphs' float noise may go to either:
+        # the random model has such pixels (squared-distance gaps of 0.003 px^2 against a noise of about 0.04).
+        # Everything else, and every pixel's class, must agree.
+        ids, served_ids = ours[common.PRED_PANOPTIC_KEY], served[common.PRED_PANOPTIC_KEY].numpy()
+        divisor = runner.descriptor.panoptic_label_divisor
+        np.testing.assert_array_equal(ids // divisor, served_ids // divisor)
+        assert (ids != served_ids).mean() <= 1e-3
         # The SavedModel's graph is optimised apart from the runner's tf.function: last-bit differences.
         np.testing.assert_allclose(ours[common.PRED_SEMANTIC_PROBS_KEY], served[common.PRED_SEMANTIC_PROBS_KEY],
                                    atol=5e-4)
@@ -335,7 +367,7 @@ def test_config_scales_and_flips_reach_the_export_and_the_checkpoint_path(panopt
     config.evaluator_options.eval_scales[:] = [0.75, 1.0]
     config.evaluator_options.add_flipped_images = True
     output = str(workdir / 'panoptic_export_multi_scale')
-    export_model.export(config, panoptic['checkpoint'], output)
+    saved_model_export.export(config, panoptic['checkpoint'], output)
     multi = checkpoint_runner.build_runner(_write_config(config, str(workdir / 'multi_scale.textproto')),
                                            panoptic['checkpoint'])
     assert multi.scales == (0.75, 1.0) and multi.flip

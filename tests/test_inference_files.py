@@ -1,6 +1,4 @@
-"""Tests of inference file handling: input discovery, decoding to RGB, whole-file writes."""
-
-import os
+"""Tests of inference file handling: input discovery and decoding to RGB."""
 
 import numpy as np
 import pytest
@@ -13,12 +11,19 @@ def test_list_inputs_file_folder_and_globs(tmp_path):
     (tmp_path / 'sub').mkdir()
     for name in ('b.png', 'a.jpg', '.hidden.png', 'sub/c.png'):
         (tmp_path / name).write_bytes(b'x')
-    assert files.list_inputs(str(tmp_path)) == [str(tmp_path / 'a.jpg'), str(tmp_path / 'b.png')]
+    # Folders inside a folder or matched by a pattern are listed, for the caller to report (they were dropped).
+    assert files.list_inputs(str(tmp_path)) == [str(tmp_path / 'a.jpg'), str(tmp_path / 'b.png'), str(tmp_path / 'sub')]
+    assert files.list_inputs(str(tmp_path / '*')) == [str(tmp_path / 'a.jpg'), str(tmp_path / 'b.png'),
+                                                      str(tmp_path / 'sub')]
     assert files.list_inputs(str(tmp_path / 'b.png')) == [str(tmp_path / 'b.png')]
     assert files.list_inputs(str(tmp_path / '*.png')) == [str(tmp_path / 'b.png')]
     assert files.list_inputs(str(tmp_path / '**' / '*.png')) == [str(tmp_path / 'b.png'), str(tmp_path / 'sub/c.png')]
+    assert files.list_inputs(str(tmp_path / '**')) == [str(tmp_path / 'a.jpg'), str(tmp_path / 'b.png'),
+                                                       str(tmp_path / 'sub/c.png')]
     with pytest.raises(FileNotFoundError, match='--input'):
         files.list_inputs(str(tmp_path / '*.bmp'))
+    with pytest.raises(FileNotFoundError, match=r"names no file; it names only folders \(.*sub\), which are not "):
+        files.list_inputs(str(tmp_path / 's*'))
 
 
 def test_read_image_gives_rgb_for_grey_and_rgba_and_rejects_other_formats(tmp_path):
@@ -35,20 +40,6 @@ def test_read_image_gives_rgb_for_grey_and_rgba_and_rejects_other_formats(tmp_pa
     assert files.image_size(str(tmp_path / 'rgba.png')) == (3, 4)
     with pytest.raises(ValueError, match='JPEG or PNG'):
         files.read_image(str(tmp_path / 'grey.bmp'))
-
-
-def test_write_atomically_leaves_nothing_when_the_writer_fails(tmp_path):
-    target = tmp_path / 'out' / 'x.png'
-
-    def failing(f):
-        f.write(b'half')
-        raise RuntimeError('disk full')
-
-    with pytest.raises(RuntimeError):
-        files.write_atomically(str(target), failing)
-    assert os.listdir(tmp_path / 'out') == []
-    files.save_png(str(target), np.zeros((2, 3, 3), np.uint8))
-    assert Image.open(target).size == (3, 2) and os.listdir(tmp_path / 'out') == ['x.png']
 
 
 def test_jpeg_pixels_are_those_of_the_input_pipeline_decoder(tmp_path):

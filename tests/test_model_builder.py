@@ -38,8 +38,8 @@ def test_decoder_and_backbone_fields_reach_the_layers():
     model.build((1, 33, 33, 3))
     assert model.decoder.semantic_decoder.fusion_channels == 24
     assert model.instance_last_layer.center.kernel.shape == (1, 1, 6, 1)
-    assert model.encoder_config['width_multiplier'] == 0.25
-    assert model.encoder_config['span'] == config.model_options.backbone.axial_span
+    assert model.encoder.width_multiplier == 0.25
+    assert model.encoder.span == config.model_options.backbone.axial_span
 
 
 def test_classification_dropout_rate_reaches_the_model_and_is_range_checked():
@@ -56,7 +56,7 @@ def test_unset_width_keeps_the_variant_width():
     """deeplab2's builder always passed width 1.0 (its S became L); ours only overrides a field that is set."""
     config, descriptor = _load('configs/cityscapes/axial_deeplab/axial_deeplab_s_os16.textproto')
     config.model_options.backbone.ClearField('backbone_width_multiplier')
-    assert builder.build_model(config, descriptor).encoder_config['width_multiplier'] == 0.5
+    assert builder.build_model(config, descriptor).encoder.width_multiplier == 0.5
 
 
 def test_errors_name_the_field():
@@ -65,7 +65,7 @@ def test_errors_name_the_field():
     with pytest.raises(builder.ModelConfigError, match='semantic_head.output_channels is 5'):
         builder.build_model(config, descriptor)
     config, descriptor = _load('configs/synthetic/axial_deeplab_tiny.textproto')
-    config.model_options.backbone.name = 'resnet50'
+    config.model_options.backbone.name = 'resnet101'
     with pytest.raises(builder.ModelConfigError, match='backbone.name.*axial_deeplab_s'):
         builder.build_model(config, descriptor)
     config, descriptor = _load('configs/synthetic/axial_deeplab_tiny.textproto')
@@ -74,11 +74,23 @@ def test_errors_name_the_field():
         builder.build_model(config, descriptor)
 
 
+@pytest.mark.parametrize('field, value, message', [
+    ('output_stride', 8, r'^model_options.backbone.output_stride: AxialResNet: `output_stride` must be one of'),
+    # Passes validation; the attention layer rejects it (8 key channels per block in 3 heads).
+    ('num_heads', 3, r'^model_options.backbone.num_heads: AxialAttention: `num_heads` must divide'),
+])
+def test_layer_errors_name_the_config_field(field, value, message):
+    config, descriptor = _load('configs/synthetic/axial_deeplab_tiny.textproto')
+    setattr(config.model_options.backbone, field, value)
+    with pytest.raises(builder.ModelConfigError, match=message):
+        builder.build_model(config, descriptor)
+
+
 def test_layer_multiplier_truncates_block_counts_as_deeplab2():
     """deeplab2's utils.scale_int_list: int(count * multiplier); a stage left without blocks is an error."""
     config, descriptor = _load('configs/cityscapes/axial_deeplab/axial_deeplab_s_os16.textproto')
     config.model_options.backbone.backbone_layer_multiplier = 0.5
-    assert builder.build_model(config, descriptor).encoder_config['blocks_per_stage'] == [1, 2, 3, 1]
+    assert builder.build_model(config, descriptor).encoder.blocks_per_stage == [1, 2, 3, 1]
     config.model_options.backbone.backbone_layer_multiplier = 0.3
     with pytest.raises(builder.ModelConfigError,
                        match=r'backbone_layer_multiplier: 0.3 leaves a stage .* without blocks: \[0, 1, 1, 0\]'):

@@ -7,7 +7,7 @@ import tensorflow as tf
 from deeplab_axial import common
 from deeplab_axial.data import dataset
 from deeplab_axial.inference import checkpoint_runner, multi_scale
-from deeplab_axial.model import inference
+from deeplab_axial.inference import inference_path
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 
 
@@ -170,7 +170,7 @@ def test_panoptic_predictions_average_scales_and_flips_in_inference_mode(rng):
     def post_process(raw):
         return {'probs': raw[common.PRED_SEMANTIC_PROBS_KEY], 'offsets': raw[common.PRED_OFFSET_MAP_KEY]}
 
-    out = inference.panoptic_predictions(model, post_process, images, scales=(0.5, 1.5), flip=True)
+    out = inference_path.panoptic_predictions(model, post_process, images, scales=(0.5, 1.5), flip=True)
     # (9 - 1) * 0.5 + 1 = 5, (13 - 1) * 0.5 + 1 = 7; at 1.5: 13 and 19; each scale plain and mirrored.
     assert calls == [((5, 7), False)] * 2 + [((13, 19), False)] * 2
     expected = multi_scale.multi_scale_predict(_per_pixel_model, images, scales=(0.5, 1.5), flip=True)
@@ -178,7 +178,7 @@ def test_panoptic_predictions_average_scales_and_flips_in_inference_mode(rng):
     np.testing.assert_allclose(out['offsets'], expected[common.PRED_OFFSET_MAP_KEY], rtol=1e-6)
     # At scale 1 without flip the model's raw outputs go to post-processing as they are.
     calls.clear()
-    single = inference.panoptic_predictions(model, lambda raw: raw, images)
+    single = inference_path.panoptic_predictions(model, lambda raw: raw, images)
     assert calls == [((9, 13), False)] and common.PRED_SEMANTIC_PROBS_KEY not in single
 
 

@@ -156,6 +156,29 @@ def test_build_optimizer_dispatch(name, lookahead, cls):
     assert type(optimizer) is cls
 
 
+def test_every_listed_optimizer_and_learning_policy_builds_and_others_are_named():
+    # The tables config_checks validates against: each value must build, anything else fails naming the table.
+    for name in optimizer_builder.OPTIMIZERS:
+        assert isinstance(optimizer_builder.build_optimizer(_solver(optimizer=name)), keras.optimizers.Optimizer)
+    for policy in optimizer_builder.LEARNING_POLICIES:
+        assert float(optimizer_builder.build_learning_rate_schedule(_solver(learning_policy=policy))(1)) > 0
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('adam', 'adamw', 'sgd', 'radam'\)"):
+        optimizer_builder.build_optimizer(_solver(optimizer='adagrad'))
+    with pytest.raises(ValueError, match='learning_policy must be one of'):
+        optimizer_builder.build_learning_rate_schedule(_solver(learning_policy='step'))
+
+
+def test_every_listed_precision_policy_sets_and_others_are_named():
+    try:
+        for policy in optimizer_builder.PRECISION_POLICIES:
+            optimizer_builder.set_mixed_precision_policy(policy)
+            assert keras.config.dtype_policy().name == policy
+        with pytest.raises(ValueError, match='mixed_precision_policy must be one of'):
+            optimizer_builder.set_mixed_precision_policy('float16')
+    finally:
+        keras.config.set_dtype_policy('float32')
+
+
 def test_sgd_nesterov_flags():
     optimizer = optimizer_builder.build_optimizer(_solver(optimizer='sgd', use_nesterov=True, momentum=0.8))
     assert optimizer.nesterov and optimizer.momentum == pytest.approx(0.8)

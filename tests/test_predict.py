@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -341,3 +342,39 @@ def test_module_entry_point_never_imports_trainer_or_model_code(panoptic_export,
     assert report == {'code': 0, 'bad': []}
     assert (out / predict.PANOPTIC_JSON).exists()
     assert 'images/s' in proc.stderr
+
+
+def test_a_folder_among_the_inputs_is_reported_not_skipped(panoptic_export, image_dir, tmp_path, capsys):
+    """A glob matching a folder used to drop it without a word."""
+    (image_dir / 'more').mkdir()
+    out = tmp_path / 'out'
+    assert predict.main(['--saved_model', panoptic_export, '--input', str(image_dir / '*'),
+                         '--output_dir', str(out)]) == 1
+    captured = capsys.readouterr()
+    assert 'Wrote predictions for 4 of 5 inputs' in captured.out
+    assert f'  {image_dir / "more"}: a folder: --input does not search folders inside it' in captured.err
+    result, _ = _read_back(out)
+    assert [im['id'] for im in result['images']] == ['a', 'b', 'c', 'd']
+
+
+def test_every_written_file_takes_the_umask_mode(panoptic_export, image_dir, tmp_path):
+    out = tmp_path / 'out'
+    previous = os.umask(0o027)
+    try:
+        assert predict.main(['--saved_model', panoptic_export, '--input', str(image_dir),
+                             '--output_dir', str(out)]) == 0
+    finally:
+        os.umask(previous)
+    written = [os.path.join(d, n) for d, _, names in os.walk(out) for n in names]
+    assert len(written) == 9  # 4 panoptic PNGs, 4 overlays, panoptic.json
+    assert {oct(os.stat(path).st_mode & 0o777) for path in written} == {oct(0o640)}  # mkstemp: 0o600
+
+
+def test_a_full_disk_is_one_error_line_naming_the_file(panoptic_export, image_dir, full_filesystem, capsys):
+    out = full_filesystem / 'out'
+    assert predict.main(['--saved_model', panoptic_export, '--input', str(image_dir),
+                         '--output_dir', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    assert re.fullmatch(rf'error: {out}/(panoptic|overlay)/a\.png: No space left on device', err.splitlines()[-1]), err
+    assert not [n for _, _, names in os.walk(out) for n in names]  # no partial or temporary file

@@ -77,7 +77,7 @@ def test_defaults_of_an_almost_empty_block():
 
 def test_bad_fields_are_named():
     descriptor = dataset_lib.get('synthetic_panoptic')
-    with pytest.raises(ValueError, match='crop_size'):
+    with pytest.raises(ValueError, match=r'train_dataset_options.crop_size must hold .* Received: \[65\]'):
         data_options.to_data_options(_options('dataset: "synthetic_panoptic" crop_size: 65'), descriptor,
                                      is_training=True)
     with pytest.raises(ValueError, match='min_resize_value'):

@@ -32,10 +32,11 @@ from trainer import panoptic_eval
 from trainer import train
 from trainer import train_lib
 
+import tiny_experiment
+
 pytestmark = pytest.mark.slow
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_PANOPTIC = os.path.join(_REPO, 'configs', 'synthetic', 'axial_deeplab_tiny.textproto')
 _CLASSIFICATION = os.path.join(_REPO, 'configs', 'synthetic', 'axial_resnet_tiny.textproto')
 _ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
 _PQ_KEYS = [f'evaluation/pq/{m}{s}' for m in ('PQ', 'SQ', 'RQ') for s in ('', '_Things', '_Stuff')]
@@ -43,27 +44,13 @@ _PQ_KEYS = [f'evaluation/pq/{m}{s}' for m in ('PQ', 'SQ', 'RQ') for s in ('', '_
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp('synthetic')
-    subprocess.run([sys.executable, '-m', 'deeplab_axial.data.synthetic', f'--output_dir={root}/coco',
-                    f'--tfrecord_dir={root}/tfrecord', f'--classification_dir={root}/classification',
-                    '--num_train=8', '--num_val=4', '--height=33', '--width=49'],
-                   cwd=_REPO, env=_ENV, check=True, capture_output=True, timeout=300)
-    return str(root)
+    root = str(tmp_path_factory.mktemp('synthetic'))
+    tiny_experiment.write_synthetic_data(root, _ENV, num_val=4, classification=True)
+    return root
 
 
 def _panoptic_config(data_dir: str, steps: int = 4):
-    config = config_utils.load_config(_PANOPTIC, params={'DATA_DIR': os.path.join(data_dir, 'tfrecord')})
-    config.train_dataset_options.batch_size = 2
-    config.train_dataset_options.crop_size[:] = [33, 33]
-    config.eval_dataset_options.batch_size = 3
-    config.eval_dataset_options.crop_size[:] = [33, 49]
-    trainer = config.trainer_options
-    trainer.steps_per_loop = trainer.save_checkpoints_steps = trainer.save_summaries_steps = 2
-    trainer.num_checkpoints_to_keep = 10
-    trainer.solver_options.training_number_of_steps = steps
-    trainer.solver_options.warmup_steps = 2
-    config.evaluator_options.eval_interval = 100
-    return config
+    return tiny_experiment.tiny_config(os.path.join(data_dir, 'tfrecord'), train_batch=2, eval_batch=3, steps=steps)
 
 
 def _strategy():

@@ -20,20 +20,14 @@ def test_parse_config_params():
         config_utils.parse_config_params(['NOVALUE'])
 
 
-def test_prepare_experiment_writes_resolved_config(tmp_path):
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_prepare_experiment_resolves_config_and_writes_nothing(tmp_path, mode):
+    """The folder is made; the config copy is training's to write, under its lock (train_lib.run_experiment)."""
     config, experiment_dir, strategy = train.prepare_experiment(
-        _TINY, 'train', str(tmp_path), config_params=['DATA_DIR=/data/synth'])
+        _TINY, mode, str(tmp_path), config_params=['DATA_DIR=/data/synth'])
     assert experiment_dir == os.path.join(str(tmp_path), 'synthetic_axial_deeplab_tiny')
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
     assert list(config.train_dataset_options.file_pattern) == ['/data/synth/train*.tfrecord']
-    copy = config_utils.load_config(os.path.join(experiment_dir, train.CONFIG_COPY_NAME))
-    assert copy == config
-    assert not os.path.exists(os.path.join(experiment_dir, train.CONFIG_COPY_NAME + '.tmp'))
-
-
-def test_prepare_experiment_eval_mode_does_not_write_config(tmp_path):
-    _, experiment_dir, _ = train.prepare_experiment(_TINY, 'eval', str(tmp_path),
-                                                    config_params=['DATA_DIR=/d'])
     assert os.listdir(experiment_dir) == []
 
 

@@ -38,7 +38,6 @@ def _config(name='axial_deeplab_tiny', snippet=''):
      'model_options.panoptic_deeplab.instance.next_regression_head'),
     ('model_options { backbone { pretrained_weights: "/w.h5" } }', 'model_options.backbone.pretrained_weights'),
     ('model_options { backbone { use_recompute_grad: true } }', 'model_options.backbone.use_recompute_grad'),
-    ('model_options { backbone { use_squeeze_and_excite: true } }', 'model_options.backbone.use_squeeze_and_excite'),
     ('trainer_options { loss_options { depth_loss { weight: 1 } } }', 'trainer_options.loss_options.depth_loss'),
     ('trainer_options { loss_options { pq_style_loss { weight: 1 } } }', 'trainer_options.loss_options.pq_style_loss'),
     ('train_dataset_options { augmentations { panoptic_copy_paste { panoptic_copy_paste_scale: 1 } } }',

@@ -3,8 +3,9 @@
 The controller calls the returned function only when model_dir holds no checkpoint of its own. It restores the
 model's `checkpoint_items` (common.CKPT_* names: encoder, decoder, heads) from the initial checkpoint, leaving out
 the last layers the config asks to re-initialise (e.g. a different number of classes), and never the optimizer or
-the step: a fine-tuning run starts at step 0. A deeplab2 checkpoint (tf-keras names, `encoder/_stage2/...`) is read
-through `deeplab2_checkpoint` (the model must be built with backbone.deeplab2_layout).
+the step: a fine-tuning run starts at step 0. A deeplab2 checkpoint (tf-keras names, `encoder/_stage2/...`, or a
+Model Garden ImageNet one under `backbone/_encoder/...`) is read through `deeplab2_checkpoint` (an Axial-ResNet must
+be built with backbone.deeplab2_layout; deeplab2's encoder family always has deeplab2's layout).
 """
 
 from typing import Any, Callable, Mapping
@@ -13,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from deeplab_axial import common
-from deeplab_axial.model import deeplab2_checkpoint
+from deeplab_axial.model import deeplab2_checkpoint, registry
 from deeplab_axial.protos import model_pb2
 
 
@@ -77,7 +78,8 @@ def make_init_fn(model_options: model_pb2.ModelOptions,
 def _init_from_deeplab2(model_options: model_pb2.ModelOptions, items: Mapping[str, Any], prefix: str) -> None:
     """Initialises the items a deeplab2 checkpoint holds (all four of a Panoptic-DeepLab one, the encoder of an
     ImageNet one)."""
-    if not model_options.backbone.deeplab2_layout:
+    entry = registry.MODELS.get(model_options.backbone.name)
+    if not model_options.backbone.deeplab2_layout and not (entry and entry.is_deeplab2_family):
         raise ValueError(f'model_options.initial_checkpoint {prefix} is a deeplab2 checkpoint: set '
                          'model_options.backbone.deeplab2_layout: true so that the encoder has its layout')
     readable = deeplab2_checkpoint.readable_items(prefix)

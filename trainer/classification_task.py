@@ -1,5 +1,9 @@
-"""The classification task (ImageNet-style pre-training): loss with label smoothing and top-1/top-5 evaluation."""
+"""The classification task (ImageNet-style pre-training): loss with label smoothing and top-1/top-5 evaluation.
 
+With several workers each evaluates its share of the records and the correct counts are summed over workers.
+"""
+
+import math
 from typing import Callable, Dict, Sequence, Tuple
 
 import keras
@@ -9,9 +13,10 @@ import tensorflow as tf
 from deeplab_axial import common
 from deeplab_axial import config_utils
 from deeplab_axial.data.dataset import DatasetDescriptor
-from deeplab_axial.model import inference
+from deeplab_axial.inference import inference_path
 from deeplab_axial.model.loss.classification_loss import classification_loss
 from deeplab_axial.protos import config_pb2
+from trainer import cluster
 from trainer import eval_results
 from trainer import replica_eval
 
@@ -40,9 +45,9 @@ class ClassificationEval:
     Args:
       strategy: the strategy the model was built under.
       model: the classifier (called with training=False).
-      batch_size: the global eval batch size.
+      batch_size: the global eval batch size (each of W workers gets batches of ceil(batch_size / W)).
       crop_size: (height, width) of the eval images.
-      experiment_dir: eval_results.json goes here.
+      experiment_dir: eval_results.json goes here (from the chief).
       global_step: the controller's step variable.
       scales: input scales whose class probabilities are averaged (evaluator_options.eval_scales).
       flip: also average over horizontally flipped images (evaluator_options.add_flipped_images).
@@ -57,14 +62,17 @@ class ClassificationEval:
         self._flip = flip
         self._experiment_dir = experiment_dir
         self._global_step = global_step
-        self._runner = replica_eval.ReplicaRunner(strategy, self._predict, batch_size)
+        self._strategy = strategy
+        self._worker = cluster.worker_info(strategy)
+        self._runner = replica_eval.ReplicaRunner(strategy, self._predict,
+                                                  math.ceil(batch_size / self._worker.num_workers))
         self.last_results: Dict[str, float] = {}
         self.reset()
 
     def _predict(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         images = tf.ensure_shape(inputs[common.IMAGE], [None, *self._crop_size, 3])
-        return {common.PRED_LOGITS_KEY: inference.classification_logits(self._model, images, self._scales,
-                                                                        self._flip)}
+        return {common.PRED_LOGITS_KEY: inference_path.classification_logits(self._model, images, self._scales,
+                                                                             self._flip)}
 
     def reset(self) -> None:
         self._top1 = self._top5 = self._count = 0
@@ -80,11 +88,14 @@ class ClassificationEval:
         self._count += len(labels)
 
     def result(self) -> Dict[str, float]:
-        if not self._count:
+        top1, top5, count = np.sum(cluster.gather_objects(
+            self._strategy, self._worker, (self._top1, self._top5, self._count)), axis=0).tolist()
+        if not count:
             raise ValueError('ClassificationEval: the eval dataset gave no examples')
-        metrics = {TOP1_KEY: self._top1 / self._count, TOP5_KEY: self._top5 / self._count}
-        eval_results.write_eval_results(self._experiment_dir, int(self._global_step.numpy()), metrics,
-                                        {'num_examples': self._count})
+        metrics = {TOP1_KEY: top1 / count, TOP5_KEY: top5 / count}
+        if self._worker.is_chief:
+            eval_results.write_eval_results(self._experiment_dir, int(self._global_step.numpy()), metrics,
+                                            {'num_examples': count})
         self.last_results = metrics
         return metrics
 

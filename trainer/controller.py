@@ -8,6 +8,14 @@
 - TensorBoard summaries under model_dir/train and model_dir/eval, a progress line with images/s and ETA.
 - A non-finite loss stops training at the step it appears, without saving, naming the last good checkpoint.
 - `evaluate_continuously` follows new checkpoints with tf.train.checkpoints_iterator.
+- Several workers (MultiWorkerMirroredStrategy; trainer/cluster.py) follow tf.distribute's conventions: every worker
+  restores the newest checkpoint of the shared model_dir and a collective check stops all of them if they restored
+  different steps; every worker takes part in each save, but only the chief writes to model_dir (the others save
+  into a temporary folder that is removed at once) and only the chief writes summaries.
+- Under MultiWorkerMirroredStrategy and TPUStrategy, TensorFlow's PreemptionCheckpointHandler watches for a
+  preemption notice (SIGTERM): all workers save a checkpoint at the same step, then exit with the platform's
+  restart code (42; 143 on GCE GPU VMs); the restarted run resumes from it. TensorFlow does not act on notices on
+  Cloud TPU VMs and GCE CPU VMs (it logs a warning); there a restart resumes from the newest periodic checkpoint.
 
 Tasks plug in through `train_step_fn` (see trainer/train_step.py) and an `Evaluator` (reset/update/result).
 """
@@ -15,6 +23,8 @@ Tasks plug in through `train_step_fn` (see trainer/train_step.py) and an `Evalua
 import datetime
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Union
 
@@ -22,6 +32,7 @@ import tensorflow as tf
 from absl import logging
 
 from deeplab_axial import common
+from trainer import cluster
 from trainer import summaries
 
 DatasetOrFn = Union[tf.data.Dataset, Callable[[tf.distribute.InputContext], tf.data.Dataset]]
@@ -44,12 +55,25 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf loss; the message names the step and the last good checkpoint."""
 
 
+class RestoreMismatchError(RuntimeError):
+    """The workers of one run restored different checkpoints (model_dir is not one shared folder)."""
+
+
+class _AlreadyRestored(tf.train.CheckpointManager):
+    """The controller's checkpoint for PreemptionCheckpointHandler, which restores in its constructor: the
+    controller has restored already (and checked that the workers agree), and the handler saves through `save_fn`."""
+
+    def restore_or_initialize(self):
+        return self.latest_checkpoint
+
+
 class Controller:
     """Runs training, evaluation and continuous evaluation for any task.
 
     Args:
       strategy: the tf.distribute strategy; the model, optimizer and global step were built under its scope.
-      model_dir: checkpoints go here, summaries to model_dir/train and model_dir/eval.
+      model_dir: checkpoints go here, summaries to model_dir/train and model_dir/eval; with several workers, one
+        folder that all of them reach (a shared file system or gs://), written by the chief only.
       global_step: int64 scalar tf.Variable counting train steps.
       checkpoint_items: trackables to checkpoint besides the step, e.g. {'encoder': ..., 'optimizer': ...}
         (common.CKPT_* names).
@@ -132,11 +156,53 @@ class Controller:
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, directory=model_dir, max_to_keep=max_to_keep, step_counter=global_step,
             init_fn=init_fn)
-        self._train_writer = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
-        self._eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, 'eval'))
-        restored = self._manager.restore_or_initialize()
+        self._worker = cluster.worker_info(strategy)
+        if self._worker.is_chief:
+            self._train_writer = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
+            self._eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, 'eval'))
+        else:
+            self._train_writer = self._eval_writer = tf.summary.create_noop_writer()
+        restored = self._manager.latest_checkpoint
         if restored:
+            status = self._checkpoint.restore(restored)
+            if train_dataset is None:
+                status.expect_partial()  # Evaluation reads the model, not the optimizer.
             logging.info('Restored %s at step %d', restored, self.global_step)
+        else:
+            self._manager.restore_or_initialize()  # Runs init_fn.
+        self._check_workers_restored_alike(restored)
+        self._preemption = None
+        if train_dataset is not None and isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                                                               tf.distribute.TPUStrategy)):
+            self._preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+                strategy.cluster_resolver, _AlreadyRestored(self._checkpoint, model_dir, max_to_keep=None),
+                termination_config=tf.distribute.experimental.TerminationConfig(
+                    save_fn=lambda: self._save(self.global_step)))
+
+    def _check_workers_restored_alike(self, restored: Optional[str]) -> None:
+        """All workers must have restored the same step (a collective; one worker has nothing to compare)."""
+        if self._worker.num_workers == 1:
+            return
+        mine = (self.global_step, restored or 'no checkpoint')
+        everyone = cluster.gather_objects(self._strategy, self._worker, mine)
+        if len(set(step for step, _ in everyone)) > 1:
+            found = '; '.join(f'worker {i}: step {step} ({path})' for i, (step, path) in enumerate(everyone))
+            raise RestoreMismatchError(
+                f'The workers restored different checkpoints from --model_dir ({found}). Every worker must be given '
+                'the same model_dir on a file system they all reach (a shared file system or gs://), where the '
+                'chief writes the checkpoints.')
+
+    def _save(self, step: int) -> None:
+        """Saves the checkpoint of `step`: every worker takes part, only the chief's copy lands in model_dir."""
+        if self._worker.is_chief:
+            self._manager.save(checkpoint_number=step)
+            return
+        # tf.distribute's multi-worker checkpointing: the other workers write to a folder of their own and delete it.
+        scratch = tempfile.mkdtemp(prefix=f'deeplab_axial_worker{self._worker.index}_')
+        try:
+            tf.train.CheckpointManager(self._checkpoint, scratch, max_to_keep=1).save(checkpoint_number=step)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     @property
     def global_step(self) -> int:
@@ -239,6 +305,20 @@ class Controller:
         if self._train_iterator is None:
             raise ValueError('Controller.train needs `train_step_fn` and `train_dataset`')
         intervals = [self._checkpoint_interval, self._summary_interval] + ([eval_interval] if eval_interval else [])
+        if isinstance(self._strategy, tf.distribute.TPUStrategy):
+            with self._preemption.watch_preemption_scope():
+                return self._train(steps, intervals, eval_interval, eval_steps)
+        return self._train(steps, intervals, eval_interval, eval_steps)
+
+    def _run_loop(self, num_steps: int):
+        """One tf.function call of `num_steps` steps; through the preemption handler where there is one."""
+        args = (self._train_iterator, tf.constant(num_steps, tf.int32))
+        if self._preemption is not None:
+            return self._preemption.run(self._train_loop, *args)
+        return self._train_loop(*args)
+
+    def _train(self, steps: int, intervals: Sequence[int], eval_interval: Optional[int],
+               eval_steps: int) -> Dict[str, float]:
         step = start_step = self.global_step
         start_time = time.time()
         means: Dict[str, float] = {}
@@ -246,7 +326,7 @@ class Controller:
             stop = self._next_stop(step, steps, intervals)
             t0 = time.time()
             try:
-                mean_out, last_out = self._train_loop(self._train_iterator, tf.constant(stop - step, tf.int32))
+                mean_out, last_out = self._run_loop(stop - step)
             except tf.errors.OutOfRangeError:
                 raise ValueError(f'The training dataset ran out of batches after step {self.global_step}; it must '
                                  'repeat indefinitely (dataset.repeat()).') from None
@@ -261,7 +341,7 @@ class Controller:
             if step % self._summary_interval == 0 or step == steps:
                 self._write_train_summaries(step, means, ran / max(seconds, 1e-9))
             if step % self._checkpoint_interval == 0 or step == steps:
-                self._manager.save(checkpoint_number=step)
+                self._save(step)
             if eval_interval and (step % eval_interval == 0 or step == steps):
                 self.evaluate(eval_steps)
         return means
@@ -290,13 +370,19 @@ class Controller:
     def evaluate_continuously(self, steps: int = -1, timeout: Optional[float] = None, final_step: Optional[int] = None,
                               min_interval_secs: float = 0) -> Dict[str, float]:
         """Evaluates each new checkpoint in model_dir until `timeout` seconds pass without one (None = forever)
-        or a checkpoint at `final_step` or later was evaluated. Returns the last results."""
+        or a checkpoint at `final_step` or later was evaluated. Returns the last results.
+
+        With several workers the chief watches model_dir and hands each checkpoint (or the end) to the others.
+        """
         results: Dict[str, float] = {}
-        for path in tf.train.checkpoints_iterator(self._model_dir, min_interval_secs=min_interval_secs,
-                                                  timeout=timeout):
+        paths = tf.train.checkpoints_iterator(self._model_dir, min_interval_secs=min_interval_secs, timeout=timeout)
+        while True:
+            path = next(paths, None) if self._worker.is_chief else None
+            path = cluster.gather_objects(self._strategy, self._worker, path)[0]
+            if path is None:
+                return results
             self._checkpoint.restore(path).expect_partial()
             logging.info('Evaluating %s (step %d)', path, self.global_step)
             results = self.evaluate(steps)
             if final_step is not None and self.global_step >= final_step:
-                break
-        return results
+                return results

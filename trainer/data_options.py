@@ -5,6 +5,7 @@ One function, so that every trainer mode, the benchmarks and the tests read the 
 
 from typing import Optional
 
+from deeplab_axial import config_utils
 from deeplab_axial.data import dataset as dataset_lib
 from deeplab_axial.data import input_pipeline
 from deeplab_axial.protos import dataset_pb2
@@ -33,12 +34,10 @@ def to_data_options(options: dataset_pb2.DatasetOptions, descriptor: dataset_lib
       DataOptions with the GLOBAL batch size of the config; evaluation keeps the last partial batch.
 
     Raises:
-      ValueError: crop_size does not hold two values, or a resize field holds several.
+      config_utils.ConfigError: crop_size does not hold two positive values.
+      ValueError: a resize field holds several values.
     """
-    crop = tuple(options.crop_size)
-    if len(crop) != 2:
-        raise ValueError(f'DatasetOptions.crop_size of {options.dataset!r} must hold [height, width]. '
-                         f'Received: {list(crop)}')
+    crop = config_utils.crop_size(options, 'train_dataset_options' if is_training else 'eval_dataset_options')
     aug = options.augmentations
     return input_pipeline.DataOptions(
         dataset=descriptor,

@@ -4,7 +4,7 @@ r"""The README's main command: the whole product on the built-in synthetic datas
 
 1. writes the synthetic panoptic dataset in COCO panoptic layout and converts it with the COCO converter;
 2. trains `configs/synthetic/axial_deeplab_tiny.textproto` (train_and_eval: PQ/AP/mIoU at the end);
-3. exports a SavedModel with `trainer.export_model`;
+3. exports a SavedModel (`saved_model_export.export`, what `trainer.export_model` runs);
 4. runs `deeplab_axial.predict` with that SavedModel on the validation images and scores its COCO panoptic output
    with `evaluation.evaluate` against the ground truth (the same numbers as step 2: one inference path);
 5. writes `prediction_vs_ground_truth.png`, the first validation image's prediction beside its ground truth.
@@ -27,12 +27,13 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from deeplab_axial import atomic_files  # noqa: E402
 from deeplab_axial.data import build_coco_data  # noqa: E402
 from deeplab_axial.data import dataset  # noqa: E402
 from deeplab_axial.data import synthetic  # noqa: E402
+from deeplab_axial.inference import saved_model_export  # noqa: E402
 from deeplab_axial import predict  # noqa: E402
 from deeplab_axial import vis  # noqa: E402
-from trainer import export_model  # noqa: E402
 from trainer import train  # noqa: E402
 from trainer import train_lib  # noqa: E402
 
@@ -84,9 +85,7 @@ def write_picture(data_dir: str, prediction_dir: str, path: str) -> None:
             descriptor.panoptic_label_divisor, descriptor.ignore_label
         ).repeat(PICTURE_ZOOM, 0).repeat(PICTURE_ZOOM, 1)
     picture = vis.prediction_vs_ground_truth(image, panoptic['pred'], panoptic['gt'], descriptor)
-    tmp = path + '.tmp.png'
-    Image.fromarray(picture).save(tmp)
-    os.replace(tmp, path)
+    atomic_files.write_png(path, picture)
 
 
 def _summary_line(name: str, pq: float, ap: float, miou: float, miou_source: str) -> str:
@@ -110,7 +109,7 @@ def run_demo(output_dir: str, seed: int = 0) -> Dict[str, Dict[str, float]]:
 
     start = time.time()
     export_dir = os.path.join(output_dir, 'export')
-    export_model.export(config, experiment_dir, export_dir)
+    saved_model_export.export(config, experiment_dir, export_dir)
     times['export'] = time.time() - start
 
     start = time.time()

@@ -6,7 +6,7 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from evaluation.coco_panoptic_format import write_json_atomic
+from deeplab_axial import atomic_files
 from trainer import summaries
 
 EVAL_RESULTS_NAME = 'eval_results.json'
@@ -15,7 +15,7 @@ EVAL_RESULTS_NAME = 'eval_results.json'
 def write_eval_results(experiment_dir: str, step: int, metrics: Dict[str, float], details: Dict = None) -> str:
     """Writes {'global_step', 'metrics', 'details'} to experiment_dir/eval_results.json (temp name, then rename)."""
     path = os.path.join(experiment_dir, EVAL_RESULTS_NAME)
-    write_json_atomic(path, {'global_step': int(step), 'metrics': {k: float(v) for k, v in metrics.items()},
+    atomic_files.write_json(path, {'global_step': int(step), 'metrics': {k: float(v) for k, v in metrics.items()},
                              'details': details or {}})
     return path
 

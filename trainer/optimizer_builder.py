@@ -24,6 +24,11 @@ from keras import ops
 from deeplab_axial.protos import trainer_pb2
 
 _KERNEL_PATTERN = re.compile(r'kernel(:\d+)?$')
+# The values this module builds for SolverOptions.optimizer, SolverOptions.learning_policy and
+# ModelOptions.mixed_precision_policy; `config_checks.validate` checks configs against them.
+OPTIMIZERS = ('adam', 'adamw', 'sgd', 'radam')
+LEARNING_POLICIES = ('poly', 'cosine')
+PRECISION_POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
@@ -195,7 +200,7 @@ def build_learning_rate_schedule(solver: trainer_pb2.SolverOptions,
     elif solver.learning_policy == 'cosine':
         schedule = keras.optimizers.schedules.CosineDecay(initial_learning_rate=base, decay_steps=steps, alpha=0.0)
     else:
-        raise ValueError(f'SolverOptions.learning_policy must be "poly" or "cosine". Received: '
+        raise ValueError(f'SolverOptions.learning_policy must be one of {LEARNING_POLICIES}. Received: '
                          f'{solver.learning_policy!r}')
     if solver.warmup_steps > 0:
         schedule = LinearWarmUp(base, schedule, solver.warmup_steps)
@@ -232,7 +237,7 @@ def build_optimizer(solver: trainer_pb2.SolverOptions, learning_rate=None,
         optimizer = RAdam(learning_rate, beta_1=solver.adam_beta_1, beta_2=solver.adam_beta_2,
                           epsilon=solver.adam_epsilon, sma_threshold=solver.radam_sma_threshold)
     else:
-        raise ValueError(f'SolverOptions.optimizer must be one of adam, adamw, sgd, radam. Received: {name!r}')
+        raise ValueError(f'SolverOptions.optimizer must be one of {OPTIMIZERS}. Received: {name!r}')
     if solver.use_lookahead:
         optimizer = Lookahead(optimizer, sync_period=solver.lookahead_sync_period,
                               slow_step_size=solver.lookahead_slow_step_size)
@@ -243,9 +248,9 @@ def build_optimizer(solver: trainer_pb2.SolverOptions, learning_rate=None,
 
 def set_mixed_precision_policy(policy: str) -> None:
     """Sets Keras' global dtype policy; call before building the model."""
-    if policy not in ('float32', 'mixed_bfloat16', 'mixed_float16'):
-        raise ValueError(f'ModelOptions.mixed_precision_policy must be float32, mixed_bfloat16 or mixed_float16. '
-                         f'Received: {policy!r}')
+    if policy not in PRECISION_POLICIES:
+        raise ValueError(f'ModelOptions.mixed_precision_policy must be one of {PRECISION_POLICIES}. Received: '
+                         f'{policy!r}')
     keras.mixed_precision.set_global_policy(policy)
 
 

@@ -14,8 +14,14 @@ Modes (deeplab2's):
 The model is built under strategy.scope() at the train crop size (eval modes: the eval crop size); evaluation
 calls it with training=False, so drop path and batch-norm updates are off. The task (panoptic or classification)
 comes from the backbone's registry entry (trainer/panoptic_task.py, trainer/classification_task.py).
+
+Training modes own experiment_dir while they run (trainer/model_dir.py): the chief takes its lock (a second trainer
+is refused), removes checkpoint temporaries an interrupted run left, and saves the resolved config as
+config.textproto. With several workers, each evaluates its share of the eval records (trainer/sharded_eval.py).
 """
 
+import contextlib
+import dataclasses
 from typing import Dict, Optional
 
 import keras
@@ -30,13 +36,17 @@ from deeplab_axial.model import registry
 from deeplab_axial.protos import config_pb2
 from trainer import checkpoint_utils
 from trainer import classification_task
+from trainer import config_checks
 from trainer import controller as controller_lib
+from trainer import cluster
 from trainer import data_options
+from trainer import model_dir as model_dir_lib
 from trainer import optimizer_builder
 from trainer import panoptic_task
 from trainer import train_step
+from trainer.task import Task
 
-_TASKS = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
+_TASKS: Dict[str, Task] = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
 _TRAIN_MODES = (common.MODE_TRAIN, common.MODE_TRAIN_AND_EVAL)
 _MODES = _TRAIN_MODES + (common.MODE_EVAL, common.MODE_CONTINUOUS_EVAL)
 
@@ -53,6 +63,41 @@ def _train_dataset(options: input_pipeline.DataOptions, strategy: tf.distribute.
     return lambda context: input_pipeline.build_dataset(options, context)
 
 
+def _eval_dataset(options: input_pipeline.DataOptions, strategy: tf.distribute.Strategy) -> tf.data.Dataset:
+    """The eval batches of this worker: all of them, or with W workers every W-th record in batches of
+    ceil(batch_size / W) (the evaluator splits them over the local replicas)."""
+    worker = cluster.worker_info(strategy)
+    if worker.num_workers == 1:
+        return input_pipeline.build_dataset(options)
+    per_worker = -(-options.batch_size // worker.num_workers)
+    context = tf.distribute.InputContext(num_input_pipelines=worker.num_workers, input_pipeline_id=worker.index,
+                                         num_replicas_in_sync=worker.num_workers)
+    return input_pipeline.build_dataset(dataclasses.replace(options, batch_size=per_worker * worker.num_workers),
+                                        context)
+
+
+def _config_seed(config: config_pb2.ExperimentOptions, seed: Optional[int]) -> Optional[int]:
+    if seed is not None:
+        return seed
+    return config.trainer_options.seed if config.trainer_options.HasField('seed') else None
+
+
+def _own_experiment_dir(config: config_pb2.ExperimentOptions, experiment_dir: str, seed: Optional[int],
+                        worker: cluster.WorkerInfo, stack: contextlib.ExitStack) -> None:
+    """The chief's claim on experiment_dir for training: the lock (held until `stack` closes), the removal of an
+    interrupted run's checkpoint temporaries, and the resolved config (seed included) as config.textproto."""
+    if not worker.is_chief:
+        return
+    tf.io.gfile.makedirs(experiment_dir)
+    stack.enter_context(model_dir_lib.TrainingLock(experiment_dir))
+    model_dir_lib.remove_checkpoint_temporaries(experiment_dir)
+    resolved = config_pb2.ExperimentOptions()
+    resolved.CopyFrom(config)
+    if seed is not None:
+        resolved.trainer_options.seed = seed
+    model_dir_lib.write_config_copy(resolved, experiment_dir)
+
+
 def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_dir: str,
                    strategy: tf.distribute.Strategy, *, seed: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """Runs one mode of an experiment (see the module docstring).
@@ -62,7 +107,8 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
       mode: 'train', 'eval', 'train_and_eval' or 'continuous_eval'.
       experiment_dir: checkpoints, summaries, eval_results.json and predictions go here.
       strategy: from trainer.distribution_utils.create_strategy.
-      seed: seeds the weights' initialisation, data shuffling and augmentation (reproducible runs); None = random.
+      seed: seeds the weights' initialisation, data shuffling and augmentation; None = trainer_options.seed if
+        set, else random. A seeded run on one device is reproducible bit for bit, also across a kill and resume.
 
     Returns:
       {'train': mean outputs of the last training loop} and/or {'eval': metrics of the last evaluation}.
@@ -70,20 +116,35 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
     Raises:
       config_utils.ConfigError: an invalid config.
       controller.NonFiniteLossError: the loss became NaN/Inf (the message names the last good checkpoint).
+      controller.RestoreMismatchError: the workers of a multi-worker run restored different checkpoints.
+      model_dir.ModelDirLockedError: another trainer is training into experiment_dir.
       ValueError: eval mode without a checkpoint, an unknown mode.
     """
     if mode not in _MODES:
         raise ValueError(f'mode must be one of {_MODES}. Received: {mode!r}')
-    descriptors = config_utils.validate(config, num_replicas=strategy.num_replicas_in_sync)
-    training = mode in _TRAIN_MODES
-    evaluating = mode != common.MODE_TRAIN
-    for needed, key, field in ((training, 'train', 'train_dataset_options'),
-                               (evaluating, 'eval', 'eval_dataset_options')):
+    descriptors = config_checks.validate(config, num_replicas=strategy.num_replicas_in_sync)
+    for needed, key, field in ((mode in _TRAIN_MODES, 'train', 'train_dataset_options'),
+                               (mode != common.MODE_TRAIN, 'eval', 'eval_dataset_options')):
         if needed and key not in descriptors:
             raise config_utils.ConfigError(f'--mode={mode} needs {field}.dataset')
     if mode == common.MODE_EVAL and tf.train.latest_checkpoint(experiment_dir) is None:
         raise ValueError(f'--mode=eval: no checkpoint in {experiment_dir}; train first or point --model_dir at a '
                          'trained experiment')
+    with contextlib.ExitStack() as stack:
+        if mode in _TRAIN_MODES:
+            seed = _config_seed(config, seed)
+            _own_experiment_dir(config, experiment_dir, seed, cluster.worker_info(strategy), stack)
+        results = _run(config, descriptors, mode, experiment_dir, strategy, seed)
+        if mode in _TRAIN_MODES and cluster.worker_info(strategy).is_chief:
+            model_dir_lib.remove_checkpoint_temporaries(experiment_dir)
+        return results
+
+
+def _run(config: config_pb2.ExperimentOptions, descriptors: dict, mode: str, experiment_dir: str,
+         strategy: tf.distribute.Strategy, seed: Optional[int]) -> Dict[str, Dict[str, float]]:
+    """run_experiment, inside the chief's claim on experiment_dir."""
+    training = mode in _TRAIN_MODES
+    evaluating = mode != common.MODE_TRAIN
     descriptor = descriptors['train' if training else 'eval']
     task = _TASKS[registry.model_task(config.model_options.backbone.name)]
     solver = config.trainer_options.solver_options
@@ -108,7 +169,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
                                                     is_training=False)
         evaluator = task.build_evaluator(config, descriptors['eval'], strategy, model, eval_crop, experiment_dir,
                                          global_step)
-        eval_kwargs = dict(evaluator=evaluator, eval_dataset=input_pipeline.build_dataset(eval_options))
+        eval_kwargs = dict(evaluator=evaluator, eval_dataset=_eval_dataset(eval_options, strategy))
     trainer_options = config.trainer_options
     controller = controller_lib.Controller(
         strategy, experiment_dir, global_step, items, steps_per_loop=trainer_options.steps_per_loop,
@@ -134,7 +195,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
 
 
 def _training_setup(config: config_pb2.ExperimentOptions, descriptor, strategy: tf.distribute.Strategy,
-                    model: keras.Model, task, items: dict, seed: Optional[int]) -> dict:
+                    model: keras.Model, task: Task, items: dict, seed: Optional[int]) -> dict:
     """Optimizer(s), train step, train dataset and init_fn (inside strategy.scope()); adds optimizers to items."""
     solver = config.trainer_options.solver_options
     policy = config.model_options.mixed_precision_policy or 'float32'

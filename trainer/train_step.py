@@ -72,7 +72,7 @@ def make_train_step_fn(loss_fn: LossFn, trainable_variables: Sequence[tf.Variabl
                 grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             threshold = clip_norm * optimizer.dynamic_scale if loss_scaled else clip_norm
             grads, norm = optimizer_builder.clip_gradients(grads, threshold)
-            grads = [g / num_replicas for g in grads]
+            grads = [tf.math.scalar_mul(1.0 / num_replicas, g) for g in grads]  # IndexedSlices too
             outputs['gradient_norm'] = (norm / optimizer.dynamic_scale if loss_scaled else norm) / num_replicas
         by_id = {id(v): g for v, g in zip(variables, grads)}
         optimizer.apply([by_id[id(v)] for v in main_variables], main_variables)

@@ -10,12 +10,17 @@ Labels: 19 train ids, void = 255, panoptic = train_id * 1000 + instance. Thing c
 instance ids 1, 2, ... per class in segment order; crowd thing segments ("group" regions) keep instance 0, the
 project's crowd convention, or become void with --treat_crowd_as_ignore.
 
+Images and PNGs are decoded in full before a shard is written (see build_coco_data); --validate checks converted
+records instead.
+
 Usage:
   python -m deeplab_axial.data.build_cityscapes_data --cityscapes_root=/data/cityscapes \
       --output_dir=/data/cityscapes/tfrecord
+  python -m deeplab_axial.data.build_cityscapes_data --validate --output_dir=/data/cityscapes/tfrecord
 """
 
 import os
+import sys
 from typing import List, Sequence
 
 from absl import app
@@ -24,6 +29,7 @@ from absl import logging
 
 from deeplab_axial.data import build_coco_data
 from deeplab_axial.data import dataset
+from deeplab_axial.data import record_check
 from deeplab_axial.data import shard_writer
 
 
@@ -36,6 +42,7 @@ def convert_split(cityscapes_root: str, output_dir: str, split: str, num_shards:
     data = build_coco_data.load_json(json_path)
     if 'annotations' not in data:
         raise ValueError(f'{json_path}: missing top-level key "annotations"')
+    build_coco_data.check_annotations(data['annotations'], json_path)
     png_dir = os.path.join(cityscapes_root, 'gtFine', f'cityscapes_panoptic_{split}_trainId')
     id_mapping = {c: c for c in range(descriptor.num_classes)}
     thing_ids = set(descriptor.thing_classes)
@@ -60,21 +67,35 @@ def convert_split(cityscapes_root: str, output_dir: str, split: str, num_shards:
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string('cityscapes_root', None, 'Cityscapes root holding gtFine/ and leftImg8bit/.', required=True)
+    flags.DEFINE_string('cityscapes_root', None, 'Cityscapes root holding gtFine/ and leftImg8bit/ (not with '
+                        '--validate).')
     flags.DEFINE_string('output_dir', None, 'Where the TFRecord shards go (local or gs://).', required=True)
     flags.DEFINE_list('splits', ['train', 'val'], 'Splits to convert.')
     flags.DEFINE_integer('num_shards', 10, 'Shards per split.')
     flags.DEFINE_integer('num_workers', 4, 'Shards converted in parallel.')
     flags.DEFINE_boolean('treat_crowd_as_ignore', False, 'Write crowd ("group") regions as void.')
+    flags.DEFINE_boolean('validate', False, 'Convert nothing: check that every record of the splits in --output_dir '
+                         'decodes and has a consistent Cityscapes label.')
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str]) -> int:
     del argv
     f = flags.FLAGS
-    for split in f.splits:
-        paths = convert_split(f.cityscapes_root, f.output_dir, split, f.num_shards, f.num_workers,
-                              f.treat_crowd_as_ignore)
-        logging.info('%s: %d shards in %s', split, len(paths), f.output_dir)
+    if f.validate:
+        return build_coco_data.run_reporting_errors(lambda: record_check.validate_splits(
+            f.output_dir, f.splits, 'cityscapes_panoptic'))
+    if not f.cityscapes_root:
+        print('error: --cityscapes_root is required (unless --validate)', file=sys.stderr)
+        return 2
+
+    def convert() -> int:
+        for split in f.splits:
+            paths = convert_split(f.cityscapes_root, f.output_dir, split, f.num_shards, f.num_workers,
+                                  f.treat_crowd_as_ignore)
+            logging.info('%s: %d shards in %s', split, len(paths), f.output_dir)
+        return 0
+
+    return build_coco_data.run_reporting_errors(convert)
 
 
 if __name__ == '__main__':

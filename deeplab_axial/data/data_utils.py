@@ -3,8 +3,9 @@
 Keys follow deeplab2 (`common.KEY_*`). Panoptic labels are NOT stored as raw int32 bytes (deeplab2's 'raw' format
 made a 7 GB dataset 200 GB, deeplab2 issue #84): the panoptic id map is packed into an 8-bit RGB PNG as
 id = R + 256 * G + 65536 * B (the packing COCO and Cityscapes panoptic PNGs use), format string
-`PANOPTIC_PNG_FORMAT`. This holds any id below 2^24 (Cityscapes' void 255 * 1000 included), compresses like the
-source PNGs, and decodes back bit-exactly. Records written by deeplab2 (format 'raw') are still readable.
+`PANOPTIC_PNG_FORMAT` (`panoptic_png.encode_panoptic_png`). This holds any id below 2^24 (Cityscapes' void
+255 * 1000 included), compresses like the source PNGs, and decodes back bit-exactly. Records written by deeplab2
+(format 'raw') are still readable.
 """
 
 import io
@@ -15,24 +16,27 @@ from PIL import Image
 import tensorflow as tf
 
 from deeplab_axial import common
-from deeplab_axial.data.panoptic_ids import id_to_rgb, rgb_to_id
+from deeplab_axial import io_errors
+from deeplab_axial.data.panoptic_png import encode_panoptic_png
 
 # Label format values of `common.KEY_LABEL_FORMAT`.
 PANOPTIC_PNG_FORMAT = 'panoptic_rgb_png'
 RAW_INT32_FORMAT = 'raw'
 
 
-def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
-    """Encodes a [H, W] panoptic map (semantic * divisor + instance) as an RGB-packed PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(id_to_rgb(panoptic), mode='RGB').save(buf, format='PNG', compress_level=6)
-    return buf.getvalue()
+def check_image_decodes(data: bytes, height: int, width: int, name: str) -> None:
+    """Decodes `data` fully with the input pipeline's decoder and checks its size.
 
-
-def decode_panoptic_png(data: bytes) -> np.ndarray:
-    """Inverse of `encode_panoptic_png`: PNG bytes -> [H, W] int32."""
-    with Image.open(io.BytesIO(data)) as im:
-        return rgb_to_id(np.asarray(im.convert('RGB')))
+    Raises:
+      ValueError naming `name`: the bytes do not decode (a truncated or corrupt file) or decode to another size.
+    """
+    try:
+        shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
+    except tf.errors.InvalidArgumentError as e:
+        raise ValueError(f'Cannot decode image {name}: {io_errors.op_error_text(e)}') from None
+    if tuple(shape[:2]) != (height, width):
+        raise ValueError(f'Image {name} decodes to {shape[0]}x{shape[1]} (height x width); its header says '
+                         f'{height}x{width}')
 
 
 def _bytes(value: bytes) -> tf.train.Feature:
@@ -84,7 +88,8 @@ def read_image_for_record(path: str) -> Tuple[bytes, str, int, int]:
 
     Raises:
       FileNotFoundError: naming `path` when it does not exist.
-      ValueError: naming `path` when it is not a readable image.
+      ValueError: naming `path` when it is not a readable image: every pixel is decoded, by the input pipeline's
+        decoder, so that a file the pipeline would fail on is caught here.
     """
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f'Missing image file: {path}')
@@ -93,10 +98,11 @@ def read_image_for_record(path: str) -> Tuple[bytes, str, int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, mode, (width, height) = (im.format or '').lower(), im.mode, im.size
-            if fmt in ('jpeg', 'png') and mode in ('RGB', 'L'):
-                return data, fmt, height, width
-            buf = io.BytesIO()
-            im.convert('RGB').save(buf, format='PNG')
-            return buf.getvalue(), 'png', height, width
+            if not (fmt in ('jpeg', 'png') and mode in ('RGB', 'L')):
+                buf = io.BytesIO()
+                im.convert('RGB').save(buf, format='PNG')
+                data, fmt = buf.getvalue(), 'png'
     except Exception as e:  # PIL raises several types for corrupt files.
         raise ValueError(f'Cannot read image {path}: {e}') from e
+    check_image_decodes(data, height, width, path)  # the header alone passed truncated files
+    return data, fmt, height, width

@@ -8,7 +8,8 @@
 
 Sources: TFRecords by file pattern (local or gs://, comma-separated patterns allowed) written by our converters
 (or deeplab2's, label format 'raw'), TPU-style ImageNet TFRecords, or TFDS (`file_pattern='tfds:coco/2017_panoptic'`
-or `'tfds:imagenet2012'`, split from `tfds_split`).
+or `'tfds:imagenet2012'`, split from `tfds_split`). A TFRecord that does not decode (a corrupt image, a label of
+another size) stops the pipeline with an error naming its file and record index.
 
 Training samples: `image` [crop_h, crop_w, 3] float32 0..255 plus the targets of
 `targets.generate_panoptic_targets`. Evaluation samples: the image padded to `crop_size` (never cropped; or the
@@ -20,7 +21,7 @@ evaluation pads raw labels to the largest in the batch with void; slice them wit
 
 import dataclasses
 import functools
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -160,8 +161,40 @@ def decode_panoptic_example(serialized: tf.Tensor, label_divisor: int) -> Dict[s
                         (tf.equal(label_format, 'png'), from_semantic_png)],
                        default=from_png, exclusive=True)
     image = tf.ensure_shape(image, [None, None, 3])
+    tf.debugging.assert_equal(tf.shape(image)[:2], tf.shape(panoptic), message=(
+        'A record\'s panoptic label and image differ in size'))
     return {common.IMAGE: image, 'panoptic': tf.ensure_shape(panoptic, [None, None]),
             common.IMAGE_NAME: parsed[common.KEY_IMAGE_FILENAME]}
+
+
+def decode_or_flag(decode: Callable[[tf.Tensor], Any], serialized: tf.Tensor) -> Tuple[Any, tf.Tensor]:
+    """(decode(serialized), True), or (zeros shaped like its output, False) when decoding raises.
+
+    A graph cannot catch an op's error, but a one-element dataset that ignores errors can (the error is logged as a
+    warning). Costs about 0.25 ms a record, next to milliseconds of image decoding.
+    """
+    attempt = tf.data.Dataset.from_tensors(serialized).map(lambda record: (decode(record), True))
+    attempt = attempt.ignore_errors(log_warning=True)
+    fallback = tf.nest.map_structure(lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype),
+                                     attempt.element_spec[0])
+    return attempt.concatenate(tf.data.Dataset.from_tensors((fallback, False))).take(1).get_single_element()
+
+
+def _named_records(path: tf.Tensor) -> tf.data.Dataset:
+    """(file, index, serialized record) for each record of one TFRecord file."""
+    return tf.data.TFRecordDataset(path).enumerate().map(lambda index, record: (path, index, record))
+
+
+def _decode_naming_the_record(decode: Callable[[tf.Tensor], Dict[str, tf.Tensor]], path: tf.Tensor,
+                              index: tf.Tensor, serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """decode(serialized); a record that does not decode stops the pipeline with an error naming file and index."""
+    example, decoded = decode_or_flag(decode, serialized)
+    message = tf.strings.join([
+        'Cannot decode record ', tf.strings.as_string(index), ' (counted from 0) of ', path,
+        '; the decoder\'s message is logged above. To list every bad record: python -m '
+        'deeplab_axial.data.build_coco_data --validate (or build_cityscapes_data)'])
+    with tf.control_dependencies([tf.debugging.Assert(decoded, [message])]):
+        return tf.nest.map_structure(tf.identity, example)
 
 
 def decode_classification_example(serialized: tf.Tensor, label_offset: int) -> Dict[str, tf.Tensor]:
@@ -237,7 +270,13 @@ class _Preprocessor:
 
 
 def _records(options: DataOptions, input_context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
-    """Serialized records (or TFDS dicts) for this input pipeline: sharded, shuffled and repeated as asked."""
+    """(file, index, serialized record) tuples (or TFDS dicts) for this input pipeline: sharded, shuffled and
+    repeated as asked.
+
+    Training shards files where there are enough (each pipeline reads only its own). Evaluation shards records in
+    file order: pipeline i of n reads records i, i + n, i + 2n, ..., so that per-pipeline metrics can be merged
+    back in the order one pipeline reads them (trainer/sharded_eval.py).
+    """
     training = options.is_training
     repeat = training if options.repeat is None else options.repeat
     num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -245,20 +284,22 @@ def _records(options: DataOptions, input_context: Optional[tf.distribute.InputCo
     tfds_name = _tfds_name(options.file_pattern)
     if tfds_name:
         from deeplab_axial.data import tfds_sources
-        ds = tfds_sources.load(tfds_name, options.tfds_split, options.tfds_data_dir,
-                               shuffle_files=training, seed=options.seed, input_context=input_context)
+        ds = tfds_sources.load(tfds_name, options.tfds_split, options.tfds_data_dir, shuffle_files=training,
+                               seed=options.seed, input_context=input_context if training else None)
+        if num_pipelines > 1 and not training:
+            ds = ds.shard(num_pipelines, pipeline_id)
     else:
         files = list_files(options.file_pattern)
         ds = tf.data.Dataset.from_tensor_slices(list(files))
-        shard_files = num_pipelines > 1 and len(files) >= num_pipelines
+        shard_files = training and num_pipelines > 1 and len(files) >= num_pipelines
         if shard_files:
             ds = ds.shard(num_pipelines, pipeline_id)
         if training:
             ds = ds.shuffle(len(files), seed=options.seed, reshuffle_each_iteration=True)
-            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+            ds = ds.interleave(_named_records, cycle_length=min(len(files), 16),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=options.deterministic)
         else:  # One file after the other: evaluation order is the file order.
-            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=1)
+            ds = ds.interleave(_named_records, cycle_length=1)
         if num_pipelines > 1 and not shard_files:
             ds = ds.shard(num_pipelines, pipeline_id)
     if repeat:
@@ -270,7 +311,13 @@ def _records(options: DataOptions, input_context: Optional[tf.distribute.InputCo
 
 def build_dataset(options: DataOptions,
                   input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
-    """Builds the batched, prefetched dataset for `options` (see the module docstring for sample keys)."""
+    """Builds the batched, prefetched dataset for `options` (see the module docstring for sample keys).
+
+    With an `input_context`, this is one input pipeline's shard (see `_records`) batched at the per-replica batch
+    size; a seed is offset by the pipeline id, so that pipelines do not repeat each other's random augmentation.
+    """
+    if input_context is not None and options.seed is not None and input_context.input_pipeline_id:
+        options = dataclasses.replace(options, seed=options.seed + input_context.input_pipeline_id)
     descriptor = options.descriptor
     preprocessor = _Preprocessor(options)
     batch_size = (input_context.get_per_replica_batch_size(options.batch_size) if input_context
@@ -280,10 +327,13 @@ def build_dataset(options: DataOptions,
     if tfds_name:
         from deeplab_axial.data import tfds_sources
         decode = tfds_sources.decoder(tfds_name, descriptor)
-    elif descriptor.is_panoptic:
-        decode = functools.partial(decode_panoptic_example, label_divisor=descriptor.panoptic_label_divisor)
     else:
-        decode = functools.partial(decode_classification_example, label_offset=options.class_label_offset)
+        if descriptor.is_panoptic:
+            decode_record = functools.partial(decode_panoptic_example,
+                                              label_divisor=descriptor.panoptic_label_divisor)
+        else:
+            decode_record = functools.partial(decode_classification_example, label_offset=options.class_label_offset)
+        decode = lambda named_record: _decode_naming_the_record(decode_record, *named_record)  # noqa: E731
     process = preprocessor.panoptic if descriptor.is_panoptic else preprocessor.classification
 
     def decode_and_process(record, seed):
@@ -302,6 +352,9 @@ def build_dataset(options: DataOptions,
         ds = ds.batch(batch_size, drop_remainder=drop)
     tf_options = tf.data.Options()
     tf_options.deterministic = options.deterministic
+    # tf.data calls decode_or_flag's one-element dataset stateful, but it keeps no state from one record to the next:
+    # a checkpointed iterator need not (and without this, could not) save it.
+    tf_options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     return ds.with_options(tf_options).prefetch(tf.data.AUTOTUNE)
 
 

@@ -9,6 +9,8 @@ from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from deeplab_axial.resize import resize_align_corners
+
 # deeplab2 pads images with the mean pixel value, so padding is 0 after the model's x / 127.5 - 1.
 PAD_IMAGE_VALUE = 127.5
 
@@ -35,10 +37,9 @@ def get_random_scale(seed: tf.Tensor, min_scale: float, max_scale: float, step_s
 def resize_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], size: tf.Tensor
                           ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
     """deeplab2's data resizing: bilinear image, nearest-neighbour label, both with align_corners."""
-    image = tf.compat.v1.image.resize(image, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True)
+    image = resize_align_corners(image, size)
     if label is not None:
-        label = tf.compat.v1.image.resize(label[..., tf.newaxis], size,
-                                          method=tf.image.ResizeMethod.NEAREST_NEIGHBOR, align_corners=True)[..., 0]
+        label = resize_align_corners(label[..., tf.newaxis], size, tf.image.ResizeMethod.NEAREST_NEIGHBOR)[..., 0]
     return image, label
 
 

@@ -1,8 +1,11 @@
 """Writes examples into sharded TFRecords: parallel across shards, resumable, never a partial file that looks done.
 
-Shard i of split s is `{s}-{i:05d}-of-{n:05d}.tfrecord` (deeplab2's names). Each shard is written under a temporary
-name and renamed when complete, so an interrupted run leaves only finished shards under final names; a rerun
-skips them. Works on local paths and on any filesystem tf.io.gfile knows (gs://...).
+Shard i of split s is `{s}-{i:05d}-of-{n:05d}.tfrecord` (deeplab2's names). Each shard is written under a hidden
+temporary name, `.{shard}.tmp-{host}-{pid}`, and renamed when complete, so an interrupted run leaves only finished
+shards under final names, and no data pattern (`train*`, `train-*.tfrecord`) matches a temporary file. A rerun skips
+the finished shards and removes the temporary files of its split that it owns: those written on this host by a
+process that no longer runs (see deeplab_axial/temp_files.py). Examples are serialized deterministically, so a
+converted dataset can be checked by checksum. Works on local paths and on any filesystem tf.io.gfile knows (gs://...).
 """
 
 import concurrent.futures
@@ -14,11 +17,17 @@ from typing import Callable, List, Sequence, TypeVar
 from absl import logging
 import tensorflow as tf
 
+from deeplab_axial import temp_files
+
 T = TypeVar('T')
 
 
 def shard_path(output_dir: str, split: str, shard: int, num_shards: int) -> str:
     return os.path.join(output_dir, f'{split}-{shard:05d}-of-{num_shards:05d}.tfrecord')
+
+
+def _temp_prefix(output_dir: str, shard_name: str) -> str:
+    return os.path.join(output_dir, f'.{shard_name}.tmp-')
 
 
 def _check_no_other_sharding(output_dir: str, split: str, num_shards: int) -> None:
@@ -49,6 +58,7 @@ def write_sharded_tfrecords(items: Sequence[T], make_example: Callable[[T], 'tf.
     num_shards = max(1, min(num_shards, len(items)))
     tf.io.gfile.makedirs(output_dir)
     _check_no_other_sharding(output_dir, split, num_shards)
+    temp_files.remove_stale(_temp_prefix(output_dir, f'{split}-*-of-*.tfrecord'))
     per_shard = -(-len(items) // num_shards)
     paths = [shard_path(output_dir, split, i, num_shards) for i in range(num_shards)]
     todo = [i for i, p in enumerate(paths) if not tf.io.gfile.exists(p)]
@@ -60,11 +70,12 @@ def write_sharded_tfrecords(items: Sequence[T], make_example: Callable[[T], 'tf.
 
     def write_shard(i: int) -> None:
         chunk = items[i * per_shard:(i + 1) * per_shard]
-        tmp = f'{paths[i]}.tmp-{os.getpid()}-{threading.get_ident()}'
+        tmp = temp_files.temp_name(_temp_prefix(output_dir, os.path.basename(paths[i])))  # one thread per shard
         try:
             with tf.io.TFRecordWriter(tmp) as writer:
                 for item in chunk:
-                    writer.write(make_example(item).SerializeToString())
+                    # Deterministic: the feature map's order would otherwise change between processes.
+                    writer.write(make_example(item).SerializeToString(deterministic=True))
             tf.io.gfile.rename(tmp, paths[i], overwrite=True)
         except BaseException:
             if tf.io.gfile.exists(tmp):

@@ -13,7 +13,6 @@ then train on `{tfrecord_dir}/train-*.tfrecord` with dataset 'synthetic_panoptic
 """
 
 import io
-import json
 import os
 from typing import Dict, List, Sequence, Tuple
 
@@ -23,9 +22,10 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from deeplab_axial import atomic_files
 from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
-from deeplab_axial.data import panoptic_ids
+from deeplab_axial.data import panoptic_png
 
 _THINGS = [c for c in dataset.SYNTHETIC_CATEGORIES if c['isthing']]
 _STUFF = [c for c in dataset.SYNTHETIC_CATEGORIES if not c['isthing']]
@@ -143,14 +143,12 @@ def write_panoptic_dataset(output_dir: str, num_train: int = 64, num_val: int = 
             image, ids, segments = render_panoptic_example(rng, height, width)
             name = f'{next_image_id:012d}'
             Image.fromarray(image).save(os.path.join(image_dir, name + '.jpg'), quality=95)
-            Image.fromarray(panoptic_ids.id_to_rgb(ids)).save(os.path.join(png_dir, name + '.png'))
+            panoptic_png.write_panoptic_png(os.path.join(png_dir, name + '.png'), ids)
             images.append({'id': next_image_id, 'file_name': name + '.jpg', 'height': height, 'width': width})
             annotations.append({'image_id': next_image_id, 'file_name': name + '.png', 'segments_info': segments})
             next_image_id += 1
-        json_path = os.path.join(output_dir, 'annotations', f'panoptic_{split}2017.json')
-        with open(json_path + '.tmp', 'w') as f:
-            json.dump({'images': images, 'annotations': annotations, 'categories': categories}, f)
-        os.replace(json_path + '.tmp', json_path)
+        atomic_files.write_json(os.path.join(output_dir, 'annotations', f'panoptic_{split}2017.json'),
+                                {'images': images, 'annotations': annotations, 'categories': categories})
     return {'train': num_train, 'val': num_val}
 
 
@@ -193,18 +191,23 @@ def _define_flags() -> None:
     flags.DEFINE_integer('seed', 0, 'Random seed; the same seed writes the same files.')
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str]) -> int:
     del argv
     f = flags.FLAGS
-    write_panoptic_dataset(f.output_dir, f.num_train, f.num_val, f.height, f.width, f.seed)
-    logging.info('Wrote synthetic COCO-layout panoptic dataset to %s', f.output_dir)
-    if f.tfrecord_dir:
-        from deeplab_axial.data import build_coco_data
-        for split in ('train', 'val'):
-            build_coco_data.convert_split(f.output_dir, f.tfrecord_dir, split, num_shards=4,
-                                          dataset_name='synthetic_panoptic')
-    if f.classification_dir:
-        write_classification_dataset(f.classification_dir, seed=f.seed)
+    from deeplab_axial.data import build_coco_data
+
+    def write() -> int:
+        write_panoptic_dataset(f.output_dir, f.num_train, f.num_val, f.height, f.width, f.seed)
+        logging.info('Wrote synthetic COCO-layout panoptic dataset to %s', f.output_dir)
+        if f.tfrecord_dir:
+            for split in ('train', 'val'):
+                build_coco_data.convert_split(f.output_dir, f.tfrecord_dir, split, num_shards=4,
+                                              dataset_name='synthetic_panoptic')
+        if f.classification_dir:
+            write_classification_dataset(f.classification_dir, seed=f.seed)
+        return 0
+
+    return build_coco_data.run_reporting_errors(write)  # a full disk: one error line naming the file
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ SavedModel path, this one holds the raw model, so it is where multi-scale and fl
 
 `CheckpointRunner` is complete given two callables: the model's raw prediction at any size and the post-processor.
 `build_runner` makes those from a config and a checkpoint (deeplab_axial.inference.model_loader). A panoptic runner
-built there follows the evaluator's path (deeplab_axial.model.inference): each image is fitted into the model's
+built there follows the evaluator's path (inference_path): each image is fitted into the model's
 input size, multi-scale/flip averaging and post-processing run at that size, and the predictions are restored to
 the image size, so at scale 1 without flip it gives the SavedModel's and the evaluator's panoptic maps. Every scale
 runs the model at the scaled size itself (the models take any static size), as deeplab2's eval_scales do.
@@ -24,7 +24,7 @@ from deeplab_axial.data import preprocessing
 from deeplab_axial.data.dataset import DatasetDescriptor
 from deeplab_axial.inference import model_loader
 from deeplab_axial.inference import multi_scale
-from deeplab_axial.model import inference
+from deeplab_axial.inference import inference_path
 
 PostProcessor = Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
 
@@ -70,12 +70,14 @@ class CheckpointRunner:
 
     def _predict_fitted(self, batch: tf.Tensor) -> Dict[str, tf.Tensor]:
         """The evaluator's path: fit to the input size, average and post-process there, restore the image size."""
-        fitted = [inference.fit_to_input_size(image, self.input_size, **self.resize_options) for image in batch]
+        fitted = [inference_path.fit_to_input_size(image, self.input_size, **self.resize_options)
+                  for image in batch]
         raw = multi_scale.multi_scale_predict(self._predict_raw, tf.stack([padded for padded, _ in fitted]),
                                               self.scales, self.flip)
         predictions = self._post_process(raw)
         image_size = tf.shape(batch)[1:3]
-        restored = [inference.restore_to_image_size({k: v[i] for k, v in predictions.items()}, resized, image_size)
+        restored = [inference_path.restore_to_image_size({k: v[i] for k, v in predictions.items()}, resized,
+                                                         image_size)
                     for i, (_, resized) in enumerate(fitted)]
         return {k: tf.stack([r[k] for r in restored]) for k in restored[0]}
 

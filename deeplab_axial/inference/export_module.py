@@ -2,7 +2,7 @@
 
 `serving_default(image: uint8 [height, width, 3])` and `serve_batch(images: uint8 [batch, height, width, 3])`.
 Axial models have a static input size (the eval crop size), so the panoptic signatures run the evaluator's path,
-`deeplab_axial.model.inference`: fit each image into the input size (resize-to-range, down-scale if still too large,
+`inference_path`: fit each image into the input size (resize-to-range, down-scale if still too large,
 pad with 127.5), model + post-processing at the input size, then crop and resize every output back to the image
 size. The config's evaluator_options.eval_scales and add_flipped_images are part of the model, as in deeplab2's
 export: the raw outputs are averaged over the rescaled and mirrored inputs (`multi_scale`) before post-processing.
@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial.data import preprocessing
-from deeplab_axial.model import inference
+from deeplab_axial.inference import inference_path
 from deeplab_axial.model.post_processor.panoptic_deeplab import PostProcessor
 
 PANOPTIC_OUTPUT_KEYS = (common.PRED_PANOPTIC_KEY, common.PRED_SEMANTIC_KEY, common.PRED_INSTANCE_KEY,
@@ -106,12 +106,12 @@ class PanopticExportModule(_ExportModule):
             else self._predict_fn
 
     def _predict_fn(self, padded: tf.Tensor) -> Dict[str, tf.Tensor]:
-        predictions = inference.panoptic_predictions(self._model, self._post_processor, padded, self._scales,
-                                                     self._flip)
+        predictions = inference_path.panoptic_predictions(self._model, self._post_processor, padded, self._scales,
+                                                          self._flip)
         return {key: predictions[key] for key in PANOPTIC_OUTPUT_KEYS}
 
     def _fit(self, image: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        return inference.fit_to_input_size(image, self._input_size, **dict(self._resize_options))
+        return inference_path.fit_to_input_size(image, self._input_size, **dict(self._resize_options))
 
     def predict(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         """uint8 [batch, height, width, 3] (one size) -> predictions [batch, height, width, ...]."""
@@ -121,7 +121,7 @@ class PanopticExportModule(_ExportModule):
         image_size = tf.shape(images)[1:3]
         predictions = self._predict_at_input_size(padded)
         return tf.map_fn(
-            lambda example: inference.restore_to_image_size(example[0], example[1], image_size),
+            lambda example: inference_path.restore_to_image_size(example[0], example[1], image_size),
             (predictions, resized_sizes), fn_output_signature=_output_spec(self._post_processor.num_classes))
 
 
@@ -145,7 +145,7 @@ class ClassificationExportModule(_ExportModule):
         self._logits = tf.function(self._logits_fn, jit_compile=True) if jit_compile else self._logits_fn
 
     def _logits_fn(self, crops: tf.Tensor) -> tf.Tensor:
-        return inference.classification_logits(self._model, crops, self._scales, self._flip)
+        return inference_path.classification_logits(self._model, crops, self._scales, self._flip)
 
     def predict(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         """uint8 [batch, height, width, 3] -> logits [batch, classes], top-5 classes (int32) and probabilities."""

@@ -1,4 +1,4 @@
-"""Input discovery, image decoding and whole-file writes for inference."""
+"""Input discovery and image decoding for inference."""
 
 import glob
 import os
@@ -8,14 +8,13 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from evaluation.coco_panoptic_format import write_atomically
-
 
 def list_inputs(path_or_glob: str) -> List[str]:
-    """The files named by a file path, a folder (its files, not recursive) or a glob pattern ("**" recurses), sorted.
+    """The entries named by a file path, a folder (its entries, not recursive) or a glob ("**" recurses), sorted.
 
-    Every regular, non-hidden file of a folder is returned, whatever its extension, so a file that is not an image
-    is reported by the reader instead of being skipped silently.
+    Every non-hidden entry of a folder is returned, whatever its extension, and so is every folder a pattern matches
+    (except with "**", whose matches include the folders it recurses through): the caller reports what it cannot read
+    instead of skipping it silently.
 
     Raises:
       FileNotFoundError naming `path_or_glob` when it matches no file.
@@ -26,11 +25,15 @@ def list_inputs(path_or_glob: str) -> List[str]:
         names = [path_or_glob]
     else:
         names = glob.glob(path_or_glob, recursive=True)  # "**" matches nested folders.
-    files = sorted(n for n in names if os.path.isfile(n))
-    if not files:
-        raise FileNotFoundError(f'--input {path_or_glob!r} names no file (expected a file, a folder or a glob '
-                                'such as "images/*.jpg")')
-    return files
+        if '**' in path_or_glob:
+            names = [n for n in names if not os.path.isdir(n)]
+    if not any(os.path.isfile(n) for n in names):
+        folders = sorted(n for n in names if os.path.isdir(n))
+        found = (f'; it names only folders ({", ".join(folders[:3])}{", ..." if len(folders) > 3 else ""}), which '
+                 'are not searched') if folders else ''
+        raise FileNotFoundError(f'--input {path_or_glob!r} names no file{found} (expected a file, a folder of files '
+                                'or a glob such as "images/*.jpg" or "images/**/*.png")')
+    return sorted(names)
 
 
 def image_size(path: str) -> tuple:
@@ -53,12 +56,3 @@ def read_image(path: str) -> np.ndarray:
         data = f.read()
     return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
 
-
-def save_png(path: str, array: np.ndarray) -> None:
-    """Writes a uint8 [height, width] or [height, width, 3] array as PNG, whole or not at all."""
-    write_atomically(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
-
-
-def save_text(path: str, text: str) -> None:
-    """Writes a text file, whole or not at all."""
-    write_atomically(path, lambda f: f.write(text.encode('utf-8')))

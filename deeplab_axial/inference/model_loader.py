@@ -41,7 +41,7 @@ class InferenceModel:
       model_name: registry name (model_options.backbone.name).
       input_size: (height, width) the model was built for: eval_dataset_options.crop_size.
       resize_options: eval_dataset_options' resize-to-range (`min_resize_value`, `max_resize_value`,
-        `resize_factor`; 0 = off), keyword arguments of `deeplab_axial.model.inference.fit_to_input_size`.
+        `resize_factor`; 0 = off), keyword arguments of `inference_path.fit_to_input_size`.
       checkpoint_path: the checkpoint prefix that was restored.
       scales: evaluator_options.eval_scales ((1.0,) when empty): the input scales inference averages over.
       flip: evaluator_options.add_flipped_images: inference also averages over mirrored inputs.
@@ -130,11 +130,7 @@ def input_size(config: config_pb2.ExperimentOptions) -> Tuple[int, int]:
     Raises:
       config_utils.ConfigError: the field does not hold two positive values.
     """
-    crop = tuple(config.eval_dataset_options.crop_size)
-    if len(crop) != 2 or min(crop) <= 0:
-        raise config_utils.ConfigError('eval_dataset_options.crop_size must hold [height, width]: inference builds '
-                                       f'the model at that size. Received: {list(crop)}')
-    return int(crop[0]), int(crop[1])
+    return config_utils.crop_size(config.eval_dataset_options, 'eval_dataset_options')
 
 
 def resize_options(config: config_pb2.ExperimentOptions) -> Dict[str, int]:

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Sequence
 import tensorflow as tf
 
 from deeplab_axial import common
-from deeplab_axial.model.decoder.panoptic_deeplab import resize_align_corners, resize_offsets_align_corners
+from deeplab_axial.resize import resize_align_corners, resize_offsets_align_corners
 
 RawPredictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 

@@ -19,23 +19,7 @@ import tensorflow as tf
 
 from deeplab_axial import common
 from deeplab_axial.model.layers.convolutions import ConvBN, DepthwiseSeparableConv
-
-
-def resize_align_corners(x: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """Bilinear resize with align_corners=True (deeplab2's convention) to a static [height, width]."""
-    if tuple(x.shape[1:3]) == tuple(size):
-        return x
-    return tf.compat.v1.image.resize(x, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True)
-
-
-def resize_offsets_align_corners(offsets: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """[batch, h, w, 2] (dy, dx) offsets in pixels -> [batch, *size, 2] in the new size's pixels.
-
-    align_corners maps the first pixel to the first and the last to the last, so distances scale by
-    (size - 1) / (h - 1) per axis.
-    """
-    ratio = [(new - 1) / max(int(old) - 1, 1) for new, old in zip(size, offsets.shape[1:3])]
-    return resize_align_corners(offsets, size) * tf.constant(ratio, offsets.dtype)
+from deeplab_axial.resize import resize_align_corners
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')

@@ -5,15 +5,18 @@
 along one axis, with 8 heads, relative tables shared by the heads, and batch normalisation on the qkv projection, on
 each similarity term per (term, head) and on each retrieved output per (term, channel), as deeplab2 places it.
 
-Global attention (span None, or a span at least the axis length) is one block. A local span m is computed in query
-blocks: a block of b queries attends to its b + m - 1 keys (a halo of (m - 1) / 2 each side), masked outside each
-query's window and past the borders, so memory and time are O(L * (b + m)) instead of O(L^2); b is chosen per axis
-length and span (`_block_size`, at most `block_size`). The relative terms: the key term is contracted with a
-[queries, keys, depth] slice of its table by matmuls batched over the key position; in global attention so are the
-query and value terms, while in local blocks these two are single matmuls with the m table rows of the window,
-whose [block, m] results are shifted into (and the weights out of) the blocks' [block, keys] layout by reading
-each block's values with a row length one longer or shorter (`_query_relative_banded`): contiguous slices and pads
-where the batched form took strided transposes.
+A local span m restricts query o to the keys p with |p - o| <= (m - 1) / 2 inside the axis, for every axis length
+(the paper's region: the m positions centred on o, clipped at the borders). Attention is global, one block of all
+L x L pairs, when no span is set or when every window covers the axis (L <= (m + 1) / 2). A local span is computed
+in query blocks: a block of b queries attends to its b + m - 1 keys (a halo of (m - 1) / 2 each side), masked
+outside each query's window and past the borders, so memory and time are O(L * (b + m)) instead of O(L^2); b is
+chosen per axis length and span (`_block_size`, at most `block_size`), and an axis short enough that its L x L
+pairs cost less runs as one block masked to the windows. The relative terms: the key term is contracted with a
+[queries, keys, depth] slice of its table by matmuls batched over the key position; so are the query and value
+terms in one block, while in local blocks with a halo these two are single matmuls with the m table rows of the
+window, whose [block, m] results are shifted into (and the weights out of) the blocks' [block, keys] layout by
+reading each block's values with a row length one longer or shorter (`_query_relative_banded`): contiguous slices
+and pads where the batched form took strided transposes.
 
 The core runs on groups of sequences whose logits fit in the cache (`_sequence_groups`), one op after the other
 on data that stays there. The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its
@@ -50,16 +53,25 @@ ATTENTION_SCOPE_PREFIX = 'attention_keys_'
 
 
 def _block_size(length: int, span: int, max_block: int) -> int:
-    """Queries per block of a local span m along an axis of `length`: the size, at most `max_block`, that minimises
-    blocks * (b + m - 1) * (b + _BLOCK_OVERHEAD), i.e. the executed (query, key) pairs plus each block's fixed work.
+    """Queries per block of a local span m along an axis of `length`: the layout that minimises the executed
+    (query, key) pairs plus each block's fixed work, blocks * keys * (b + _BLOCK_OVERHEAD), over two kinds:
 
-    Each block of b queries computes b + m - 1 keys, m of them needed per query: small blocks waste fewer pairs
-    (b = 64 and m = 65 compute 128 keys per query, 1.97x the paper's m), large ones repeat the halo's keys and
-    values and the per-product overhead less often. Block sizes are taken as ceil(length / blocks), so that the
-    padding of the last block stays small. Any block size gives the same outputs.
+    - blocks of b <= `max_block` queries, each against its b + m - 1 keys (a halo of (m - 1) / 2 each side). Small
+      blocks waste fewer pairs (b = 64 and m = 65 compute 128 keys per query, 1.97x the paper's m), large ones
+      repeat the halo's keys and values and the per-product overhead less often. Sizes are taken as
+      ceil(length / blocks), so that the padding of the last block stays small;
+    - the whole axis as one block of `length` queries against its `length` keys, masked to the windows (returned
+      as b = length; it has no halo), where its length^2 pairs are no more than blocks of `max_block` queries
+      compute, so that `max_block` still bounds the memory. It wins on axes up to about twice the span (65 at
+      m = 65; at 129 blocks of 26 compute 0.70x its pairs).
+
+    Any layout gives the same outputs.
     """
+    cap = min(max_block, length)
     best = None
-    for blocks in range(-(-length // max_block), length + 1):
+    if length * length <= -(-length // cap) * cap * (cap + span - 1):
+        best = (length * (length + _BLOCK_OVERHEAD), length)  # one block of the whole axis
+    for blocks in range(max(2, -(-length // max_block)), length + 1):
         block = -(-length // blocks)
         cost = -(-length // block) * (block + span - 1) * (block + _BLOCK_OVERHEAD)
         if best is None or cost < best[0]:
@@ -77,13 +89,16 @@ def _window(length: int, span: Optional[int], block_size: int, max_span: int) ->
     the per-position counts of valid pairs per used table row that give the positional terms' batch-norm moments
     (see `attention_moments`). Cached: the arrays are shared and must not be modified.
     """
-    local = span is not None and span < length
+    radius = None if span is None else (span - 1) // 2
+    # Global only when every query's window covers the axis (length <= (span + 1) / 2); any longer axis is local,
+    # including one shorter than the span, where the queries near the borders still miss the far end.
+    local = radius is not None and length > radius + 1
     if local:
-        halo = (span - 1) // 2
         block = _block_size(length, span, block_size)
         blocks = -(-length // block)
+        halo = 0 if block == length else radius  # the whole axis as one block has every key in it
         keys = block + 2 * halo
-        paper_keys = span
+        paper_keys = min(span, length)
     else:
         block, blocks, keys, halo = length, 1, length, 0
         paper_keys = length
@@ -96,7 +111,7 @@ def _window(length: int, span: Optional[int], block_size: int, max_span: int) ->
     key = start + key_in_block[None] - halo
     valid = np.ones((blocks, block, keys), bool)
     if local:
-        valid = (np.abs(relative)[None] <= halo) & (query < length) & (key >= 0) & (key < length)
+        valid = (np.abs(relative)[None] <= radius) & (query < length) & (key >= 0) & (key < length)
     count_rows, query_counts, key_counts = relative_counts(query, key, table_rows[None], valid, length)
     return dict(blocks=blocks, block=block, keys=keys, halo=halo, table_rows=table_rows.astype(np.int32),
                 mask=valid.astype(np.float32) if local else None, pairs=int(valid.sum()), paper_keys=paper_keys,
@@ -134,7 +149,6 @@ def _retrieve_relative(weights: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     y = batch_matmul.matmul(_positions_first(weights), relative)  # [u, n*h*i, d]
     y = tf.reshape(y, [queries, n, heads, blocks, relative.shape[2]])
     return tf.transpose(y, [1, 3, 0, 2, 4])
-
 
 
 def _attention_scope(geometry: dict, length: int, keys: int) -> str:
@@ -234,8 +248,10 @@ class AxialAttention(keras.layers.Layer):
       total_key_depth: query/key channels over all heads (Dk).
       total_value_depth: value channels over all heads (Dv); also the output channels.
       num_heads: attention heads; must divide both depths.
-      span: None for global attention, else an odd local span m (each query sees the m positions centred on it,
-        clipped at the borders). A span at least the axis length is global.
+      span: None for global attention, else an odd local span m: each query sees the m positions centred on it,
+        clipped at the borders, whatever the axis length (global in effect only when L <= (m + 1) / 2).
+      query_shape: deeplab2's rule (its `query_shape`, 129 in every released model): when set, an axis of length
+        <= query_shape runs global attention, whatever the span; longer axes use the span.
       max_span: the relative tables have 2 * max_span - 1 rows; larger distances reuse the last row.
       block_size: the largest query block of local attention; the layer takes the size up to it that minimises
         the executed pairs plus each block's fixed work (`_block_size`). Memory and time grow as
@@ -258,7 +274,8 @@ class AxialAttention(keras.layers.Layer):
 
     def __init__(self, total_key_depth: int = 512, total_value_depth: int = 1024, num_heads: int = 8,
                  span: Optional[int] = None, max_span: int = MAX_SPAN, block_size: int = 64,
-                 use_query_rpe_similarity: bool = True, use_key_rpe_similarity: bool = True,
+                 query_shape: Optional[int] = None, use_query_rpe_similarity: bool = True,
+                 use_key_rpe_similarity: bool = True,
                  use_content_similarity: bool = True, retrieve_value_rpe: bool = True,
                  retrieve_value_content: bool = True, initialization_std_for_query_key_rpe: float = 1.0,
                  initialization_std_for_value_rpe: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
@@ -279,6 +296,9 @@ class AxialAttention(keras.layers.Layer):
         if core_dtype not in (None, 'float32', 'bfloat16', 'float16'):
             raise ValueError(f'AxialAttention: `core_dtype` must be None, \'float32\', \'bfloat16\' or \'float16\'. '
                              f'Received: core_dtype={core_dtype!r}')
+        if query_shape is not None and query_shape < 1:
+            raise ValueError(f'AxialAttention: `query_shape` must be None or positive. Received: '
+                             f'query_shape={query_shape}')
         if block_size < 1 or max_span < 1:
             raise ValueError(f'AxialAttention: `block_size` and `max_span` must be positive. Received: '
                              f'block_size={block_size}, max_span={max_span}')
@@ -288,6 +308,7 @@ class AxialAttention(keras.layers.Layer):
         self.span = span
         self.max_span = max_span
         self.block_size = block_size
+        self.query_shape = query_shape
         self.use_query_rpe_similarity = use_query_rpe_similarity
         self.use_key_rpe_similarity = use_key_rpe_similarity
         self.use_content_similarity = use_content_similarity
@@ -351,7 +372,8 @@ class AxialAttention(keras.layers.Layer):
         if length is None:
             raise ValueError(f'{self.name}: the attended axis must have a static length. Received shape '
                              f'{inputs.shape}')
-        geometry = _window(length, self.span, self.block_size, self.max_span)
+        global_axis = self.query_shape is not None and length <= self.query_shape
+        geometry = _window(length, None if global_axis else self.span, self.block_size, self.max_span)
 
         # One 2-D matmul: on CPU it runs faster forward and backward than the equivalent 3-D einsum.
         qkv = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), tf.cast(self.qkv_kernel, inputs.dtype))
@@ -389,7 +411,7 @@ class AxialAttention(keras.layers.Layer):
     @staticmethod
     def _key_blocks(x: tf.Tensor, geometry: dict, length: int) -> tf.Tensor:
         """[batch, heads, length, depth] -> [batch, heads, blocks, keys, depth]: each block's keys with the halo."""
-        if geometry['mask'] is None:
+        if geometry['blocks'] == 1 and geometry['halo'] == 0:  # one block: its keys are the whole axis
             return tf.expand_dims(x, 2)
         halo, block, blocks, keys = geometry['halo'], geometry['block'], geometry['blocks'], geometry['keys']
         x = tf.pad(x, [[0, 0], [0, 0], [halo, blocks * block - length + halo], [0, 0]])
@@ -402,8 +424,8 @@ class AxialAttention(keras.layers.Layer):
         return tf.gather(tf.cast(table, dtype), geometry['table_rows'])
 
     def _band(self, table: tf.Variable, geometry: dict, dtype: tf.DType, transpose: bool) -> tf.Tensor:
-        """A local span's table rows by distance, zero-padded to keys + 1: [1, keys + 1, depth] (row j: distance
-        j - halo), or [1, depth, keys + 1] with `transpose` (`_query_relative_banded`)."""
+        """The table rows of local blocks with a halo by distance, zero-padded to keys + 1: [1, keys + 1, depth]
+        (row j: distance j - halo), or [1, depth, keys + 1] with `transpose` (`_query_relative_banded`)."""
         span = 2 * geometry['halo'] + 1
         rows = np.clip(np.arange(span) - geometry['halo'], -(self.max_span - 1), self.max_span - 1) + self.max_span - 1
         band = tf.gather(tf.cast(table, dtype), rows.astype(np.int32))
@@ -465,7 +487,7 @@ class AxialAttention(keras.layers.Layer):
             ('value_rpe', self.retrieve_value_rpe)) if used}
         if 'key_rpe' in relative:  # In the layout of the key term's product, once for all groups.
             relative['key_rpe'] = tf.transpose(relative['key_rpe'], [1, 2, 0])
-        if mask is not None:
+        if geometry['halo']:  # local blocks with a halo: the query and value terms by band
             for name in ('query_rpe', 'value_rpe'):
                 if name in relative:
                     relative[name] = self._band(getattr(self, name), geometry, dtype, name == 'query_rpe')
@@ -484,7 +506,8 @@ class AxialAttention(keras.layers.Layer):
             core's dtype.
           scale: the per-(term, head) logit scales, [terms, h, 1, 1, 1].
           relative: per table name, the gathered [queries, keys, depth] slice of the table (the key table's as
-            [keys, depth, queries]), or for the query and value tables of a local span their band (`_band`).
+            [keys, depth, queries]), or for the query and value tables of local blocks with a halo their band
+            (`_band`).
           mask: the [blocks, block, keys] validity mask of a local span, else None.
 
         Returns:
@@ -503,7 +526,7 @@ class AxialAttention(keras.layers.Layer):
         for index, name in enumerate(self._similarity_terms):
             if name == 'content':
                 term = batch_matmul.matmul(scale[index] * query, key, transpose_b=True)
-            elif name == 'query_rpe' and mask is not None:
+            elif name == 'query_rpe' and geometry['halo']:
                 with tf.name_scope(_band_scope(geometry, length)):
                     term = _query_relative_banded(scale[index] * query, relative['query_rpe'])
             elif name == 'query_rpe':
@@ -528,7 +551,7 @@ class AxialAttention(keras.layers.Layer):
         for name in self._retrieval_terms:
             if name == 'content':
                 output = tf.transpose(batch_matmul.matmul(weights, value), [0, 2, 3, 1, 4])
-            elif mask is not None:
+            elif geometry['halo']:
                 with tf.name_scope(_band_scope(geometry, length)):
                     output = _retrieve_relative_banded(weights, relative['value_rpe'])
                 output = tf.transpose(output, [0, 2, 3, 1, 4])
@@ -546,7 +569,7 @@ class AxialAttention(keras.layers.Layer):
         config.update(
             total_key_depth=self.total_key_depth, total_value_depth=self.total_value_depth,
             num_heads=self.num_heads, span=self.span, max_span=self.max_span, block_size=self.block_size,
-            use_query_rpe_similarity=self.use_query_rpe_similarity,
+            query_shape=self.query_shape, use_query_rpe_similarity=self.use_query_rpe_similarity,
             use_key_rpe_similarity=self.use_key_rpe_similarity,
             use_content_similarity=self.use_content_similarity, retrieve_value_rpe=self.retrieve_value_rpe,
             retrieve_value_content=self.retrieve_value_content,
@@ -569,18 +592,20 @@ class AxialAttention2D(keras.layers.Layer):
       num_heads: attention heads.
       span: None (global), an odd local span for both axes, or a (height, width) pair of those.
       strides: subsampling x[:, ::s] after the height axis and x[:, :, ::s] after the width axis (deeplab2).
-      **kwargs: the other `AxialAttention` arguments (max_span, block_size, the term switches, init stds, bn
-        settings, core_dtype), then `keras.layers.Layer` arguments.
+      stride_by_average_pool: stride instead by an s x s average pool after the width axis, both axes attending at
+        full resolution (the official PyTorch code; 'same' pooling, which equals its unpadded pool at even sizes).
+      **kwargs: the other `AxialAttention` arguments (max_span, block_size, query_shape, the term switches, init
+        stds, bn settings, core_dtype), then `keras.layers.Layer` arguments.
     """
 
-    _ATTENTION_ARGS = ('max_span', 'block_size', 'use_query_rpe_similarity', 'use_key_rpe_similarity',
+    _ATTENTION_ARGS = ('max_span', 'block_size', 'query_shape', 'use_query_rpe_similarity', 'use_key_rpe_similarity',
                        'use_content_similarity', 'retrieve_value_rpe', 'retrieve_value_content',
                        'initialization_std_for_query_key_rpe', 'initialization_std_for_value_rpe', 'bn_momentum',
                        'bn_epsilon', 'use_sync_batchnorm', 'core_dtype')
 
     def __init__(self, filters: int = 512, key_expansion: float = 1, value_expansion: float = 2,
                  num_heads: int = 8, span: Union[None, int, Sequence[Optional[int]]] = None, strides: int = 1,
-                 **kwargs):
+                 stride_by_average_pool: bool = False, **kwargs):
         attention_args = {name: kwargs.pop(name) for name in self._ATTENTION_ARGS if name in kwargs}
         super().__init__(**kwargs)
         if strides < 1:
@@ -591,6 +616,7 @@ class AxialAttention2D(keras.layers.Layer):
         self.num_heads = num_heads
         self.span = list(span) if isinstance(span, (list, tuple)) else span
         self.strides = strides
+        self.stride_by_average_pool = stride_by_average_pool
         self.attention_args = attention_args
         spans = self.span if isinstance(self.span, list) else [self.span, self.span]
         depths = dict(total_key_depth=int(round(filters * key_expansion)),
@@ -613,14 +639,17 @@ class AxialAttention2D(keras.layers.Layer):
         x = tf.reshape(tf.transpose(inputs, [0, 2, 1, 3]), [-1, height, inputs.shape[-1]])
         x = self.height_axis(x, training=training)
         x = tf.transpose(tf.reshape(x, [batch, width, height, x.shape[-1]]), [0, 2, 1, 3])
-        if self.strides > 1:
+        subsample = self.strides > 1 and not self.stride_by_average_pool
+        if subsample:
             x = x[:, ::self.strides]
             height = x.shape[1]
         x = tf.reshape(x, [-1, width, x.shape[-1]])
         x = self.width_axis(x, training=training)
         x = tf.reshape(x, [batch, height, width, x.shape[-1]])
-        if self.strides > 1:
+        if subsample:
             x = x[:, :, ::self.strides]
+        elif self.strides > 1:
+            x = tf.nn.avg_pool2d(x, self.strides, self.strides, 'SAME')
         return x
 
     def compute_output_shape(self, input_shape: Sequence[Optional[int]]) -> Tuple[Optional[int], ...]:
@@ -632,5 +661,6 @@ class AxialAttention2D(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(filters=self.filters, key_expansion=self.key_expansion, value_expansion=self.value_expansion,
-                      num_heads=self.num_heads, span=self.span, strides=self.strides, **self.attention_args)
+                      num_heads=self.num_heads, span=self.span, strides=self.strides,
+                      stride_by_average_pool=self.stride_by_average_pool, **self.attention_args)
         return config

@@ -1,13 +1,15 @@
 """The axial-attention bottleneck block (Axial-DeepLab §3.2): a ResNet bottleneck whose 3x3 conv is replaced by a
 height-axis and a width-axis attention layer.
 
-    1x1 conv 2f -> BN -> ReLU -> AxialAttention2D(f: Dk = f, Dv = 2f) -> ReLU -> 1x1 conv 4f -> BN (gamma = 0)
-    (+ drop path) + shortcut (1x1 conv with stride + BN when the shape changes) -> ReLU
+    1x1 conv e*f -> BN -> act -> AxialAttention2D(f: Dk = k*f, Dv = v*f) -> act -> 1x1 conv 4f -> BN (gamma = 0)
+    (+ squeeze-and-excitation, drop path) + shortcut (`ResidualBlock`)
+
+with deeplab2's filters_list [e*f, f, 4f]: e = `bottleneck_expansion`, k / v the key / value expansions. Axial-DeepLab
+and MaX-DeepLab-S use (e, k, v) = (2, 1, 2), deeplab2's SWideRNets and MaX-DeepLab-L (4, 2, 4). For Axial-ResNet-L's
+first stage f = 64 (d_q = 8, d_out = 16 per head).
 
 deeplab2 projects the shortcut only when the channels change and subsamples it, x[:, ::s, ::s], when only the
 stride does; `project_strided_shortcut=False` builds that variant (to run deeplab2's checkpoints).
-
-f is deeplab2's `filters_list[1]`; for Axial-ResNet-L's first stage f = 64 (d_q = 8, d_out = 16 per head).
 """
 
 from typing import Optional
@@ -17,89 +19,78 @@ import tensorflow as tf
 
 from deeplab_axial.model.layers.axial_attention import AxialAttention2D
 from deeplab_axial.model.layers.convolutions import ConvBN
-from deeplab_axial.model.layers.drop_path import DropPath
+from deeplab_axial.model.layers.residual_block import ResidualBlock
 
 
 @keras.saving.register_keras_serializable(package='deeplab_axial')
-class AxialBlock(keras.layers.Layer):
-    """Axial-attention bottleneck block with post-activation output.
+class AxialBlock(ResidualBlock):
+    """Axial-attention bottleneck block (post-activation output unless `activate_input`).
 
     Args:
       filters: attention width f; the block outputs 4f channels.
-      strides: spatial stride, taken after each attention axis (and by the 1x1 shortcut conv).
+      strides: spatial stride, taken after each attention axis or by an average pool (`stride_by_average_pool`),
+        and by the 1x1 shortcut conv.
       span: None (global) or an odd local span of both axial layers.
       num_heads: attention heads.
-      drop_path_keep_prob: keep probability of the residual branch (stochastic depth).
-      bn_momentum: momentum of every batch norm.
-      bn_epsilon: epsilon of every batch norm.
-      use_sync_batchnorm: synchronise batch statistics across replicas.
       block_size: largest query block of local attention (`AxialAttention`).
       max_span: relative tables have 2 * max_span - 1 rows.
-      core_dtype: dtype of the attention core's products (`AxialAttention`).
-      project_strided_shortcut: a strided block whose channels do not change projects its shortcut by a strided
-        1x1 conv + BN (True, ResNet) or subsamples it (False, deeplab2).
-      **kwargs: forwarded to `keras.layers.Layer`.
+      query_shape: axes up to this length attend globally whatever the span (deeplab2's rule; `AxialAttention`).
+      bottleneck_expansion: the first 1x1 conv has bottleneck_expansion * f channels.
+      key_expansion: attention key depth over f.
+      value_expansion: attention value depth (its output channels) over f.
+      stride_by_average_pool: both attention axes run at full resolution, then an average pool strides (the
+        official PyTorch block) instead of subsampling after each axis.
+      core_dtype: dtype of the attention core's products (`AxialAttention`; None: the compute dtype).
+      **kwargs: `ResidualBlock` arguments (drop path, squeeze-and-excitation, activation and its order, shortcut
+        layout, batch-norm settings), then `keras.layers.Layer` arguments.
     """
 
     def __init__(self, filters: int, strides: int = 1, span: Optional[int] = None, num_heads: int = 8,
-                 drop_path_keep_prob: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 use_sync_batchnorm: bool = False, block_size: int = 64, max_span: int = 255,
-                 project_strided_shortcut: bool = True, core_dtype: Optional[str] = None, **kwargs):
-        super().__init__(**kwargs)
+                 block_size: int = 64, max_span: int = 255, query_shape: Optional[int] = None,
+                 bottleneck_expansion: int = 2, key_expansion: float = 1, value_expansion: float = 2,
+                 stride_by_average_pool: bool = False, core_dtype: Optional[str] = None, **kwargs):
+        super().__init__(strides=strides, **kwargs)
         self.filters = filters
-        self.strides = strides
         self.span = span
         self.num_heads = num_heads
-        self.drop_path_keep_prob = drop_path_keep_prob
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        self.use_sync_batchnorm = use_sync_batchnorm
         self.block_size = block_size
         self.max_span = max_span
+        self.query_shape = query_shape
+        self.bottleneck_expansion = bottleneck_expansion
+        self.key_expansion = key_expansion
+        self.value_expansion = value_expansion
+        self.stride_by_average_pool = stride_by_average_pool
         self.core_dtype = core_dtype
-        self.project_strided_shortcut = project_strided_shortcut
-        bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
-        self.shortcut: Optional[ConvBN] = None
+        self.output_channels = 4 * filters
         # === Layers ===
-        self.conv1 = ConvBN(2 * filters, 1, name='conv1', **bn_args)
-        self.attention = AxialAttention2D(filters, key_expansion=1, value_expansion=2, num_heads=num_heads,
-                                          span=span, strides=strides, block_size=block_size, max_span=max_span,
-                                          core_dtype=core_dtype,
-                                          name='attention', **bn_args)
-        self.conv3 = ConvBN(4 * filters, 1, activation=False, bn_gamma_zero=True, name='conv3', **bn_args)
-        self.drop_path = DropPath(drop_path_keep_prob, name='drop_path')
-        self._bn_args = bn_args
+        self.conv1 = ConvBN(bottleneck_expansion * filters, 1, activation=self.activation, name='conv1',
+                            **self.bn_args)
+        self.attention = AxialAttention2D(filters, key_expansion=key_expansion, value_expansion=value_expansion,
+                                          num_heads=num_heads, span=span, strides=strides,
+                                          stride_by_average_pool=stride_by_average_pool, block_size=block_size,
+                                          max_span=max_span, query_shape=query_shape, core_dtype=core_dtype,
+                                          name='attention', **self.bn_args)
+        self.conv3 = ConvBN(4 * filters, 1, activation=False, bn_gamma_zero=True, name='conv3', **self.bn_args)
 
-    def build(self, input_shape):
+    def build_branch(self, input_shape):
         self.conv1.build(input_shape)
-        attention_input = tuple(input_shape[:-1]) + (2 * self.filters,)
+        attention_input = tuple(input_shape[:-1]) + (self.bottleneck_expansion * self.filters,)
         self.attention.build(attention_input)
-        attention_output = self.attention.compute_output_shape(attention_input)
-        self.conv3.build(attention_output)
-        if input_shape[-1] != 4 * self.filters or (self.strides != 1 and self.project_strided_shortcut):
-            self.shortcut = ConvBN(4 * self.filters, 1, self.strides, activation=False, name='shortcut',
-                                   **self._bn_args)
-            self.shortcut.build(input_shape)
-        self.built = True
+        self.conv3.build(self.attention.compute_output_shape(attention_input))
 
-    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """[batch, height, width, channels] -> [batch, ceil(height/s), ceil(width/s), 4 * filters]."""
+    def branch(self, inputs: tf.Tensor, training: bool) -> tf.Tensor:
         x = self.conv1(inputs, training=training)
-        x = tf.nn.relu(self.attention(x, training=training))
-        x = self.drop_path(self.conv3(x, training=training), training=training)
-        if self.shortcut is not None:
-            shortcut = self.shortcut(inputs, training=training)
-        else:
-            shortcut = inputs[:, ::self.strides, ::self.strides] if self.strides != 1 else inputs
-        return tf.nn.relu(x + shortcut)
+        x = self._activation_fn(self.attention(x, training=training))
+        return self.conv3(x, training=training)
 
-    def compute_output_shape(self, input_shape):
+    def branch_output_shape(self, input_shape):
         return self.attention.compute_output_shape(input_shape)[:-1] + (4 * self.filters,)
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(filters=self.filters, strides=self.strides, span=self.span, num_heads=self.num_heads,
-                      drop_path_keep_prob=self.drop_path_keep_prob, block_size=self.block_size,
-                      max_span=self.max_span, project_strided_shortcut=self.project_strided_shortcut,
-                      core_dtype=self.core_dtype, **self._bn_args)
+        config.update(filters=self.filters, span=self.span, num_heads=self.num_heads, block_size=self.block_size,
+                      max_span=self.max_span, query_shape=self.query_shape,
+                      bottleneck_expansion=self.bottleneck_expansion, key_expansion=self.key_expansion,
+                      value_expansion=self.value_expansion, stride_by_average_pool=self.stride_by_average_pool,
+                      core_dtype=self.core_dtype)
         return config

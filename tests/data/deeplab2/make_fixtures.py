@@ -24,6 +24,8 @@ losses on them with its Cityscapes Axial-DeepLab loss options; the semantic loss
 panoptic_deeplab_targets.npz: a small panoptic label and deeplab2's training targets for it (`make_targets_fixture`).
 resize.npz: deeplab2's resize_to_range sizes, its resizing and random scaling of an image and label, and its
 undo_preprocessing of predictions back to the image size.
+Then make_family_fixtures.py writes those of deeplab2's encoder family (its five Cityscapes Axial-DeepLab configs'
+models, ImageNet encoders): see there.
 """
 
 import os
@@ -252,3 +254,6 @@ if __name__ == '__main__':
     make_loss_fixture(os.path.join(HERE, 'panoptic_deeplab_losses.npz'))
     make_targets_fixture(os.path.join(HERE, 'panoptic_deeplab_targets.npz'))
     make_resize_fixture(os.path.join(HERE, 'resize.npz'))
+    import make_family_fixtures  # noqa: E402  (it imports helpers from this module)
+    tf.keras.utils.set_random_seed(1)
+    make_family_fixtures.make_all()

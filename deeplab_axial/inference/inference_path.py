@@ -21,6 +21,7 @@ from typing import Callable, Dict, Sequence, Tuple
 import tensorflow as tf
 
 from deeplab_axial import common
+from deeplab_axial import resize
 from deeplab_axial.data import preprocessing
 from deeplab_axial.inference import multi_scale
 
@@ -91,8 +92,8 @@ def restore_to_image_size(predictions: Dict[str, tf.Tensor], resized_size: tf.Te
 
     As deeplab2's undo_preprocessing, the resize aligns corners (nearest neighbour for ids and scores, bilinear for
     probabilities, heatmap and offsets). Offsets are in pixels, so they are also multiplied by
-    (image_size - 1) / (resized_size - 1), the align-corners scale. Keys other than the panoptic prediction keys pass
-    through unchanged.
+    (image_size - 1) / (resized_size - 1), the align-corners scale (`resize.offset_scale`). Keys other than the
+    panoptic prediction keys pass through unchanged.
     """
     resized_size = tf.cast(resized_size, tf.int32)
     image_size = tf.cast(image_size, tf.int32)
@@ -105,9 +106,9 @@ def restore_to_image_size(predictions: Dict[str, tf.Tensor], resized_size: tf.Te
         x = value if has_channels else value[..., tf.newaxis]
         x = x[:resized_size[0], :resized_size[1]]
         method = tf.image.ResizeMethod.NEAREST_NEIGHBOR if key in _NEAREST_KEYS else tf.image.ResizeMethod.BILINEAR
-        x = tf.compat.v1.image.resize(x, image_size, method=method, align_corners=True)
+        x = resize.resize_align_corners(x, image_size, method)
         if key == common.PRED_OFFSET_MAP_KEY:
-            x *= tf.cast(image_size - 1, tf.float32) / tf.cast(tf.maximum(resized_size - 1, 1), tf.float32)
+            x *= resize.offset_scale(resized_size, image_size)
         x = tf.cast(x, value.dtype)
         restored[key] = x if has_channels else x[..., 0]
     return restored
