@@ -6,7 +6,7 @@ Cases (float32, training mode, timed inside tf.function(jit_compile=True) and, f
 plain tf.function):
   global_56x56:   AxialAttention2D(filters=64) on [1, 56, 56, 128] (the first stage of Axial-ResNet-L at 224).
   global_1025:    AxialAttention (1-D, Dk 64, Dv 128) on [4, 1025, 128], span None.
-  local65_1025:   the same with span 65 (blocks of 64 queries).
+  local65_1025:   the same with span 65 (blocks of at most 64 queries; `_block_size` takes 25).
 
 Each case runs in its own subprocess. FLOPs = 3 x 2 x multiply-adds of the forward pass as model_stats counts them
 (executed count, i.e. including the masked pairs of local blocks; backward ~ 2 x forward), counted on the

@@ -6,7 +6,7 @@ The step is trainer/train_step.make_train_step_fn, the one the trainer runs, cal
 """
 
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple, Union
 
 import keras
 import numpy as np
@@ -21,14 +21,20 @@ from trainer import optimizer_builder
 from trainer import train_step
 
 
-def random_batch(task: str, batch: int, crop: int, num_classes: int, seed: int = 0) -> Dict[str, tf.Tensor]:
-    """Random images and targets with the input pipeline's keys and dtypes."""
+def _size(crop: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    return (crop, crop) if isinstance(crop, int) else tuple(crop)
+
+
+def random_batch(task: str, batch: int, crop: Union[int, Tuple[int, int]], num_classes: int,
+                 seed: int = 0) -> Dict[str, tf.Tensor]:
+    """Random images and targets with the input pipeline's keys and dtypes; `crop` is a size or (height, width)."""
     rng = np.random.default_rng(seed)
-    inputs = {common.IMAGE: rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32)}
+    height, width = _size(crop)
+    inputs = {common.IMAGE: rng.uniform(0, 255, (batch, height, width, 3)).astype(np.float32)}
     if task == common.TASK_CLASSIFICATION:
         inputs[common.GT_CLASS_LABEL_KEY] = rng.integers(0, num_classes, (batch,)).astype(np.int32)
     else:
-        shape = (batch, crop, crop)
+        shape = (batch, height, width)
         inputs.update({
             common.GT_SEMANTIC_KEY: rng.integers(0, num_classes, shape).astype(np.int32),
             common.GT_INSTANCE_CENTER_KEY: rng.uniform(0, 1, shape).astype(np.float32),
@@ -39,13 +45,15 @@ def random_batch(task: str, batch: int, crop: int, num_classes: int, seed: int =
     return {k: tf.constant(v) for k, v in inputs.items()}
 
 
-def make_train_step(model_name: str, batch: int, crop: int, jit_compile: bool,
-                    policy: str = 'float32') -> Tuple[Callable[[], Dict[str, tf.Tensor]], keras.Model]:
-    """Builds the model at [batch, crop, crop, 3] and returns (run_one_step, model)."""
+def make_train_step(model_name: str, batch: int, crop: Union[int, Tuple[int, int]], jit_compile: bool,
+                    policy: str = 'float32', **model_overrides) -> Tuple[Callable[[], Dict[str, tf.Tensor]],
+                                                                         keras.Model]:
+    """Builds the model (registry overrides `model_overrides`) at [batch, height, width, 3] and returns
+    (run_one_step, model); `crop` is a size or (height, width)."""
     optimizer_builder.set_mixed_precision_policy(policy)
     task = registry.model_task(model_name)
-    model = registry.build_model(model_name)
-    model.build((batch, crop, crop, 3))
+    model = registry.build_model(model_name, **model_overrides)
+    model.build((batch,) + _size(crop) + (3,))
     num_classes = model.num_classes
     solver = trainer_pb2.SolverOptions(optimizer='radam', use_lookahead=True, base_learning_rate=1e-4,
                                        training_number_of_steps=100000)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_axial.model.layers.attention_moments import content_moments, relative_moments
+from deeplab_axial.model.layers.attention_moments import content_moments, relative_moments, windowed_content_sums
 from deeplab_axial.model.layers.axial_attention import _window
 
 
@@ -100,3 +100,52 @@ def test_relative_moment_gradients_match_differentiated_direct_reduction(rng, le
                           [x, table], upstream)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def _blocked(length, span, block_size, max_span, rng, depth=4):
+    """Blocked q, k of a local span as the layer lays them out, with the per-pair positions and the geometry."""
+    geometry = _window(length, span, block_size, max_span)
+    blocks, block, keys, halo = geometry['blocks'], geometry['block'], geometry['keys'], geometry['halo']
+    query = rng.normal(0.3, 1.0, (2, 3, length, depth))
+    key = rng.normal(-0.2, 1.5, (2, 3, length, depth))
+    query_index = np.arange(blocks * block).reshape(blocks, block)
+    key_index = np.arange(blocks)[:, None] * block + np.arange(keys)[None, :] - halo
+    pad = lambda x: np.pad(x, [(0, 0), (0, 0), (halo, blocks * block + halo), (0, 0)])  # noqa: E731
+    query_blocks = pad(query)[:, :, query_index + halo]
+    key_blocks = pad(key)[:, :, key_index + halo]
+    return query, key, query_blocks, key_blocks, geometry
+
+
+@pytest.mark.parametrize('length, span, block_size', [(11, 5, 4), (13, 7, 5), (40, 9, 64), (9, 1, 4)])
+def test_windowed_content_sums_match_direct_reduction(rng, length, span, block_size):
+    query, key, query_blocks, key_blocks, geometry = _blocked(length, span, block_size, 255, rng)
+    valid, _ = _pairs(length, span, 255)
+    logits = np.einsum('nhod,nhpd->nhop', query, key)  # independent of the blocks
+    expected_total = np.einsum('nhop,op->nh', logits, valid)
+    expected_squares = np.einsum('nhop,op->nh', logits ** 2, valid)
+    total, squares = windowed_content_sums(tf.constant(query_blocks, tf.float32), tf.constant(key_blocks, tf.float32),
+                                           tf.constant(geometry['mask']))
+    np.testing.assert_allclose(total.numpy(), expected_total, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(squares.numpy(), expected_squares, rtol=1e-4, atol=1e-4)
+
+
+def test_windowed_content_sum_gradients_match_differentiated_direct_reduction(rng):
+    _, _, query_blocks, key_blocks, geometry = _blocked(13, 7, 5, 255, rng)
+    upstream = rng.normal(size=(2, 2, 3))
+    mask = geometry['mask']
+
+    def direct(q, k):
+        logits = tf.einsum('nhiud,nhiwd->nhiuw', q, k) * mask
+        return tf.reduce_sum(logits, [2, 3, 4]), tf.reduce_sum(tf.square(logits), [2, 3, 4])
+
+    def gradients(fn, dtype):
+        inputs = [tf.constant(query_blocks, dtype), tf.constant(key_blocks, dtype)]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            total, squares = fn(*inputs)
+            loss = tf.reduce_sum(total * upstream[0]) + tf.reduce_sum(squares * upstream[1])
+        return [g.numpy() for g in tape.gradient(loss, inputs)]
+    got = gradients(lambda q, k: windowed_content_sums(q, k, tf.constant(mask)), tf.float32)
+    expected = gradients(direct, tf.float64)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)

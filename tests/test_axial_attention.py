@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_axial.model.layers.axial_attention import AxialAttention, AxialAttention2D
+from deeplab_axial.model.layers import axial_attention
+from deeplab_axial.model.layers.axial_attention import AxialAttention, AxialAttention2D, _block_size, _window
 from deeplab_axial.model.layers.axial_blocks import AxialBlock
 from deeplab_axial.model.layers.drop_path import DropPath
 
@@ -123,6 +124,81 @@ def test_layer_matches_numpy_eq4(rng, kwargs, training):
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize('length, span, max_block, expected', [
+    # Cost blocks * (b + m - 1) * (b + 8) over b = ceil(length / blocks): for length 20, span 5, at most 8:
+    # b 7 -> 3 * 11 * 15 = 495, b 5 -> 4 * 9 * 13 = 468, b 4 -> 5 * 8 * 12 = 480, b 3 -> 7 * 7 * 11 = 539.
+    (20, 5, 8, 5),
+    (20, 5, 4, 4),  # the cap
+    (257, 65, 64, 20),  # 13 blocks of 20 (260 padded) against 84 keys, where 64 computed 128 keys per query
+    (129, 65, 64, 26),
+    (9, 1, 1, 1),
+    # The whole axis as one block: 65 * (65 + 8) = 4745, blocks of 33: 2 * 97 * 41 = 7954.
+    (65, 65, 64, 65),
+    (20, 15, 8, 20),  # 20 * 28 = 560 against 3 * 21 * 15 = 945 (b 7); 20^2 <= 3 * 8 * 22 pairs of the cap
+])
+def test_block_size_minimises_pairs_plus_block_work(length, span, max_block, expected):
+    assert _block_size(length, span, max_block) == expected
+    geometry = _window(length, span, max_block, 255)
+    assert geometry['block'] == expected and geometry['blocks'] == -(-length // expected)
+    assert geometry['keys'] == (length if expected == length else expected + span - 1)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_every_block_size_gives_the_same_outputs_and_gradients(rng, training):
+    reference, x = _layer_and_input(rng, length=23, span=7, block_size=64)
+    results = []
+    for block_size in (64, 6, 2, 1):  # blocks of 8, 6, 2 and 1 queries
+        layer = AxialAttention.from_config(dict(reference.get_config(), block_size=block_size))
+        layer.build(x.shape)
+        layer.set_weights(reference.get_weights())
+        x_tensor = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x_tensor)
+            y = layer(x_tensor, training=training)
+            loss = tf.reduce_sum(y * np.linspace(-1, 1, y.shape[-1], dtype=np.float32))
+        results.append([y.numpy(), tape.gradient(loss, x_tensor).numpy()])
+    assert [_window(23, 7, b, 255)['block'] for b in (64, 6, 2, 1)] == [8, 6, 2, 1]
+    for got in results[1:]:
+        for g, e in zip(got, results[0]):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('group_sequences, static_groups', [(1, 5), (2, 2)])
+@pytest.mark.parametrize('training', [False, True])
+def test_many_sequence_groups_and_a_dynamic_batch_match_numpy(rng, monkeypatch, training, group_sequences,
+                                                               static_groups):
+    # 5 sequences in groups of one or two: 5 or 2 static groups, or a loop over 5 groups, or 3 with the last padded.
+    layer, x = _layer_and_input(rng, length=11, span=5, block_size=4)
+    x = np.concatenate([x, x[::-1] * 0.5 + 0.1], 0)[:5]
+    geometry = _window(11, 5, 4, 255)
+    logit_bytes = 8 * geometry['blocks'] * geometry['block'] * geometry['keys'] * 4
+    monkeypatch.setattr(axial_attention, '_GROUP_BYTES', group_sequences * logit_bytes + 1)
+    assert axial_attention._sequence_groups(5, logit_bytes) == static_groups
+    expected = numpy_axial_attention(x.astype(np.float64), layer, training=training)
+    static = layer(x, training=training).numpy()
+    dynamic = tf.function(lambda t: layer(t, training=training),
+                          input_signature=[tf.TensorSpec([None, 11, x.shape[-1]], tf.float32)])
+    np.testing.assert_allclose(static, expected, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(dynamic(x).numpy(), expected, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(dynamic(x[:1]).numpy()[0], numpy_axial_attention(
+        x[:1].astype(np.float64), layer, training=training)[0], rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize('span', [None, 5])
+@pytest.mark.parametrize('training', [False, True])
+def test_bfloat16_core_matches_numpy_within_bfloat16_rounding(rng, span, training):
+    layer, x = _layer_and_input(rng, span=span, block_size=4, core_dtype='bfloat16')
+    expected = numpy_axial_attention(x.astype(np.float64), layer, training=training)
+    got = layer(x, training=training)
+    assert got.dtype == tf.float32
+    error = np.abs(got.numpy() - expected).max() / np.abs(expected).max()
+    assert error < 3e-2  # 8-bit mantissas on the products; float32 ones agree to 2e-4 (above)
+    float32 = AxialAttention.from_config(dict(layer.get_config(), core_dtype=None))
+    float32.build(x.shape)
+    float32.set_weights(layer.get_weights())
+    assert np.abs(float32(x, training=training).numpy() - expected).max() < 0.1 * error * np.abs(expected).max()
+
+
 def test_switches_drop_the_unused_tables(rng):
     layer, _ = _layer_and_input(rng, use_query_rpe_similarity=False, use_key_rpe_similarity=False,
                                 retrieve_value_rpe=False)
@@ -237,7 +313,7 @@ def test_mixed_precision(rng, policy):
 
 def test_config_round_trip():
     layers = [AxialAttention(16, 32, span=5, max_span=100, block_size=8, use_key_rpe_similarity=False,
-                             use_sync_batchnorm=True, name='a'),
+                             use_sync_batchnorm=True, core_dtype='bfloat16', name='a'),
               AxialAttention2D(8, span=[None, 7], strides=2, bn_momentum=0.9, retrieve_value_rpe=False, name='b'),
               AxialBlock(8, strides=2, span=9, drop_path_keep_prob=0.7, name='c'),
               DropPath(0.8, name='d')]
@@ -291,6 +367,7 @@ def test_drop_path_drops_whole_examples(rng):
     (dict(use_content_similarity=False, use_query_rpe_similarity=False, use_key_rpe_similarity=False),
      'similarity'),
     (dict(retrieve_value_rpe=False, retrieve_value_content=False), 'retrieve'),
+    (dict(core_dtype='int8'), 'core_dtype'),
 ])
 def test_bad_arguments_name_the_field(kwargs, message):
     args = dict(total_key_depth=16, total_value_depth=16)

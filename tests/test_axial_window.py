@@ -137,10 +137,11 @@ def test_global_only_when_every_window_covers_the_axis(length, span, global_):
 
 
 @pytest.mark.parametrize('length, span, block_size, blocks, keys', [
-    (65, 65, 64, 1, 65),  # one block of the whole axis: 65^2 pairs, not 2 * 64 * 128
-    (129, 65, 64, 1, 129),  # 129^2 < 3 * 64 * 128
-    (257, 65, 64, 5, 128),  # blocks of 64 queries with a halo of 32 each side
+    (65, 65, 64, 1, 65),  # one block of the whole axis: 65^2 pairs, not 2 * 33 * 97 (blocks of 33)
+    (129, 65, 64, 5, 90),  # blocks of 26 with a halo of 32 each side: 5 * 26 * 90 = 11700 pairs < 129^2
+    (257, 65, 64, 13, 84),  # blocks of 20: 84 keys per query, where blocks of 64 computed 128
     (40, 9, 8, 5, 16),
+    (23, 7, 2, 12, 8),  # the cap bounds the memory: 23^2 pairs are more than blocks of 2 compute (12 * 2 * 8)
 ])
 def test_geometry_takes_the_cheaper_layout(length, span, block_size, blocks, keys):
     geometry = _window(length, span, block_size, 255)

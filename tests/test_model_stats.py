@@ -5,7 +5,7 @@ import json
 import keras
 import pytest
 
-from deeplab_axial.model.layers.axial_attention import AxialAttention2D
+from deeplab_axial.model.layers.axial_attention import AxialAttention2D, _window
 from deeplab_axial.tools import model_stats
 
 
@@ -34,8 +34,12 @@ def test_attention_counts_paper_keys_and_executed_blocks():
         2 * key_depth + value_depth)
     height_axis = width * height * height * per_pair  # global: m = 9 keys per query
     paper_width_axis = height * width * span * per_pair
-    # Width 20 in 3 blocks of 8 queries (24 padded) against 8 + 4 keys each.
-    executed_width_axis = height * 3 * 8 * (8 + span - 1) * per_pair
+    # Width 20 in 4 blocks of 5 queries (the block size up to 8 that `_block_size` takes) against 5 + 4 keys each;
+    # the banded query and value terms compute one more column per query.
+    block, blocks, keys = 5, 4, 5 + span - 1
+    assert _window(width, span, 8, 255)['block'] == block
+    executed_width_axis = height * blocks * block * (keys * (2 * key_depth + value_depth)
+                                                     + (keys + 1) * (key_depth + value_depth))
     assert got['madds'] == qkv + height_axis + paper_width_axis
     assert got['executed_madds'] == qkv + height_axis + executed_width_axis
 

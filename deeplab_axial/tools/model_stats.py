@@ -9,7 +9,8 @@ softmax, resizing and elementwise ops are not counted, as in the paper's M-Adds.
 Local attention: the layer computes query blocks of b queries against b + m - 1 keys and masks the pairs outside
 each window, so it executes more multiply-adds than the paper's convention of m keys for every query (L * m per
 axis, borders included). `madds` reports the paper-comparable count: ops inside an attention core (name scope
-`attention_keys_{L*m}_of_{executed pairs}`) are scaled by L * m / executed pairs. `executed_madds` is the count
+`attention_keys_{L*m}_of_{executed pairs}`, the innermost one where they nest) are scaled by L * m / executed
+pairs. `executed_madds` is the count
 of what actually runs. For global attention the two agree.
 """
 
@@ -29,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 from deeplab_axial.model import registry  # noqa: E402
 from deeplab_axial.model.layers.axial_attention import ATTENTION_SCOPE_PREFIX  # noqa: E402
 
-_SCOPE = re.compile(ATTENTION_SCOPE_PREFIX + r'(\d+)_of_(\d+)/')
+_SCOPE = re.compile(ATTENTION_SCOPE_PREFIX + r'(\d+)_of_(\d+)(?:_\d+)?/')  # a repeated scope gets a suffix
 
 
 def count_params(model: keras.Model) -> Dict[str, int]:
@@ -83,8 +84,8 @@ def count_madds(model: keras.Model, height: int, width: int) -> Dict[str, int]:
         if not madds:
             continue
         executed += madds
-        match = _SCOPE.search(op.name)
-        paper += madds * int(match.group(1)) / int(match.group(2)) if match else madds
+        scopes = _SCOPE.findall(op.name)  # the innermost scope counts
+        paper += madds * int(scopes[-1][0]) / int(scopes[-1][1]) if scopes else madds
     return dict(madds=int(round(paper)), executed_madds=executed)
 
 

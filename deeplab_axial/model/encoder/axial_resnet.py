@@ -47,7 +47,7 @@ class AxialResNet(Encoder):
       drop_path_keep_prob: keep probability of the residual branches (1.0 disables drop path).
       drop_path_schedule: 'constant', or 'linear' (block j of n keeps 1 - (1 - keep_prob) * (j + 1) / n).
       num_heads: attention heads.
-      block_size: query block size of local attention.
+      block_size: largest query block of local attention (`AxialAttention`).
       max_span: relative tables have 2 * max_span - 1 rows.
       bn_momentum: momentum of every batch norm.
       bn_epsilon: epsilon of every batch norm.
@@ -62,6 +62,7 @@ class AxialResNet(Encoder):
       relative_table_input_size: when set, each attention layer's relative tables have 2 * L - 1 rows, L its axis
         length at this (square) input size, instead of 2 * max_span - 1 (PyTorch's kernel_size = L). Longer axes
         reuse the last rows, as beyond max_span.
+      core_dtype: dtype of the attention cores' products (`AxialAttention`; None: the compute dtype).
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
@@ -76,7 +77,8 @@ class AxialResNet(Encoder):
                  max_span: int = 255, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
                  use_sync_batchnorm: bool = False, project_strided_shortcut: bool = True,
                  symmetric_stem_padding: bool = False, stride_by_average_pool: bool = False,
-                 relative_table_input_size: Optional[int] = None, **kwargs):
+                 relative_table_input_size: Optional[int] = None, core_dtype: Optional[str] = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f'AxialResNet: `stem` must be one of {STEMS}. Received: stem={stem!r}')
@@ -112,9 +114,10 @@ class AxialResNet(Encoder):
         self.symmetric_stem_padding = symmetric_stem_padding
         self.stride_by_average_pool = stride_by_average_pool
         self.relative_table_input_size = relative_table_input_size
+        self.core_dtype = core_dtype
         bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_batchnorm=use_sync_batchnorm)
         block_args = dict(num_heads=num_heads, block_size=block_size, stride_by_average_pool=stride_by_average_pool,
-                          query_shape=query_shape, **bn_args)
+                          query_shape=query_shape, core_dtype=core_dtype, **bn_args)
         length = relative_table_input_size
 
         def table_span(strides: int) -> int:
@@ -222,7 +225,7 @@ class AxialResNet(Encoder):
                       project_strided_shortcut=self.project_strided_shortcut,
                       symmetric_stem_padding=self.symmetric_stem_padding,
                       stride_by_average_pool=self.stride_by_average_pool,
-                      relative_table_input_size=self.relative_table_input_size)
+                      relative_table_input_size=self.relative_table_input_size, core_dtype=self.core_dtype)
         return config
 
 

@@ -130,3 +130,32 @@ def _relative_sums(x: tf.Tensor, first: tf.Tensor, second: tf.Tensor):
         d_second = tf.tensordot(d_squares, gram, 1)
         return d_x, d_first, d_second
     return (total, squares), grad
+
+
+@tf.custom_gradient
+def windowed_content_sums(query: tf.Tensor, key: tf.Tensor, mask: tf.Tensor):
+    """Per (sequence, head) sum and sum of squares of q_o . k_p over the valid pairs of a local span's blocks.
+
+    The windowed pairs have no small-Gram form, so the logits are formed, reduced and dropped; the gradient forms
+    them again (d/dx of the two sums is mask * (c1 + 2 c2 x)) instead of keeping them for the backward pass. Called
+    on a group of sequences at a time, the logits never leave the cache.
+
+    Args:
+      query: [n, heads, blocks, block, depth] float32.
+      key: [n, heads, blocks, keys, depth] float32.
+      mask: [blocks, block, keys] float32, 1 for the pairs inside the window.
+
+    Returns:
+      Two float32 [n, heads] tensors.
+    """
+    logits = tf.matmul(query, key, transpose_b=True) * mask
+    total = tf.reduce_sum(logits, [2, 3, 4])
+    squares = tf.reduce_sum(tf.square(logits), [2, 3, 4])
+
+    def grad(d_total, d_squares):
+        logits = tf.matmul(query, key, transpose_b=True)
+        d_logits = mask * (d_total[:, :, None, None, None] + 2.0 * d_squares[:, :, None, None, None] * logits)
+        d_query = tf.matmul(d_logits, key)
+        d_key = tf.linalg.matrix_transpose(tf.matmul(query, d_logits, transpose_a=True))
+        return d_query, d_key, None
+    return (total, squares), grad

@@ -8,16 +8,21 @@ each similarity term per (term, head) and on each retrieved output per (term, ch
 A local span m restricts query o to the keys p with |p - o| <= (m - 1) / 2 inside the axis, for every axis length
 (the paper's region: the m positions centred on o, clipped at the borders). Attention is global, one block of all
 L x L pairs, when no span is set or when every window covers the axis (L <= (m + 1) / 2). A local span is computed
-in query blocks: a block of `block_size` queries attends to its block_size + m - 1 keys (a halo of (m - 1) / 2 each
-side), masked outside each query's window and past the borders, so memory and time are O(L * (block_size + m))
-instead of O(L^2); an axis short enough that its L x L pairs are fewer runs as one block masked to the windows.
-The relative tables are gathered once per call into a [queries, keys, depth] slice shared by every block, batch
-element and head, and contracted by matmuls batched over the query (or key) position.
+in query blocks: a block of b queries attends to its b + m - 1 keys (a halo of (m - 1) / 2 each side), masked
+outside each query's window and past the borders, so memory and time are O(L * (b + m)) instead of O(L^2); b is
+chosen per axis length and span (`_block_size`, at most `block_size`), and an axis short enough that its L x L
+pairs cost less runs as one block masked to the windows. The relative terms: the key term is contracted with a
+[queries, keys, depth] slice of its table by matmuls batched over the key position; so are the query and value
+terms in one block, while in local blocks with a halo these two are single matmuls with the m table rows of the
+window, whose [block, m] results are shifted into (and the weights out of) the blocks' [block, keys] layout by
+reading each block's values with a row length one longer or shorter (`_query_relative_banded`): contiguous slices
+and pads where the batched form took strided transposes.
 
-The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its moments come exactly from
-small Gram matrices of q and k (`attention_moments`; the local content term alone is reduced directly), its
-per-head scale multiplies q or k before the products, and its shift, constant along each softmax row, cancels. The
-three scaled logits are summed before one float32 softmax.
+The core runs on groups of sequences whose logits fit in the cache (`_sequence_groups`), one op after the other
+on data that stays there. The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its
+moments come exactly from small Gram matrices of q and k (`attention_moments`; the local content term alone is
+reduced from its logits, group by group), its per-head scale multiplies q or k before the products, and its shift,
+constant along each softmax row, cancels. The three scaled logits are summed before one float32 softmax.
 """
 
 import functools
@@ -28,44 +33,71 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_axial.model.layers import batch_matmul
-from deeplab_axial.model.layers.attention_moments import content_moments, relative_counts, relative_moments
+from deeplab_axial.model.layers.attention_moments import (content_moments, relative_counts, relative_moments,
+                                                            windowed_content_sums)
 from deeplab_axial.model.layers.fused_batch_norm import FusedBatchNormalization
-from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization, masked_moments
+from deeplab_axial.model.layers.term_batch_norm import TermBatchNormalization
 
 # Relative distances beyond +-(MAX_SPAN - 1) share the last row of the table (deeplab2 clips the same way).
 MAX_SPAN = 255
 # Logit added where a key lies outside a query's window; finite so that a padded query row never yields NaN.
 _MASKED_LOGIT = -1e9
-# Independent groups of sequences in the attention core (see `AxialAttention._attend`).
-_SEQUENCE_GROUPS = 2
+# Bytes of float32 logits per group of sequences in the attention core (see `_sequence_groups`).
+_GROUP_BYTES = 4 << 20
+# Per-block work of a local span that does not grow with the block's queries (gathering the block's keys and values
+# with their halo, the small products' fixed cost), in units of one (query, key) pair's work; see `_block_size`.
+_BLOCK_OVERHEAD = 8
 # Prefix of the name scope around the attention core; model_stats rescales the multiply-adds of the ops inside
 # from the executed (blocked) key count to the paper's m keys per query.
 ATTENTION_SCOPE_PREFIX = 'attention_keys_'
+
+
+def _block_size(length: int, span: int, max_block: int) -> int:
+    """Queries per block of a local span m along an axis of `length`: the layout that minimises the executed
+    (query, key) pairs plus each block's fixed work, blocks * keys * (b + _BLOCK_OVERHEAD), over two kinds:
+
+    - blocks of b <= `max_block` queries, each against its b + m - 1 keys (a halo of (m - 1) / 2 each side). Small
+      blocks waste fewer pairs (b = 64 and m = 65 compute 128 keys per query, 1.97x the paper's m), large ones
+      repeat the halo's keys and values and the per-product overhead less often. Sizes are taken as
+      ceil(length / blocks), so that the padding of the last block stays small;
+    - the whole axis as one block of `length` queries against its `length` keys, masked to the windows (returned
+      as b = length; it has no halo), where its length^2 pairs are no more than blocks of `max_block` queries
+      compute, so that `max_block` still bounds the memory. It wins on axes up to about twice the span (65 at
+      m = 65; at 129 blocks of 26 compute 0.70x its pairs).
+
+    Any layout gives the same outputs.
+    """
+    cap = min(max_block, length)
+    best = None
+    if length * length <= -(-length // cap) * cap * (cap + span - 1):
+        best = (length * (length + _BLOCK_OVERHEAD), length)  # one block of the whole axis
+    for blocks in range(max(2, -(-length // max_block)), length + 1):
+        block = -(-length // blocks)
+        cost = -(-length // block) * (block + span - 1) * (block + _BLOCK_OVERHEAD)
+        if best is None or cost < best[0]:
+            best = (cost, block)
+    return best[1]
 
 
 @functools.lru_cache(maxsize=64)
 def _window(length: int, span: Optional[int], block_size: int, max_span: int) -> dict:
     """Static geometry of one attention call along an axis of `length`.
 
-    Returns a dict with the block count and size, the keys per block, the left halo, the relative-table row for each
-    (query-in-block, key-in-block) pair, the validity mask [blocks, block, keys] (None when every pair is valid),
-    the valid pairs per batch element, the paper's key count per query, and the per-position counts of valid pairs
-    per used table row that give the positional terms' batch-norm moments (see `attention_moments`). Cached: the
-    arrays are shared and must not be modified.
+    Returns a dict with the block count and size (`_block_size`, at most `block_size`), the keys per block, the left
+    halo, the relative-table row for each (query-in-block, key-in-block) pair, the validity mask [blocks, block,
+    keys] (None when every pair is valid), the valid pairs per batch element, the paper's key count per query, and
+    the per-position counts of valid pairs per used table row that give the positional terms' batch-norm moments
+    (see `attention_moments`). Cached: the arrays are shared and must not be modified.
     """
     radius = None if span is None else (span - 1) // 2
     # Global only when every query's window covers the axis (length <= (span + 1) / 2); any longer axis is local,
     # including one shorter than the span, where the queries near the borders still miss the far end.
     local = radius is not None and length > radius + 1
     if local:
-        block = min(block_size, length)
+        block = _block_size(length, span, block_size)
         blocks = -(-length // block)
-        keys = block + 2 * radius
-        halo = radius
-        if length * length <= blocks * block * keys:
-            # One block of the whole axis, masked to the windows, computes fewer pairs (an axis up to about
-            # block_size + span long).
-            block, blocks, keys, halo = length, 1, length, 0
+        halo = 0 if block == length else radius  # the whole axis as one block has every key in it
+        keys = block + 2 * halo
         paper_keys = min(span, length)
     else:
         block, blocks, keys, halo = length, 1, length, 0
@@ -119,6 +151,95 @@ def _retrieve_relative(weights: tf.Tensor, relative: tf.Tensor) -> tf.Tensor:
     return tf.transpose(y, [1, 3, 0, 2, 4])
 
 
+def _attention_scope(geometry: dict, length: int, keys: int) -> str:
+    """Name scope of ops that compute `keys` pairs per query of each block, for model_stats: it scales their
+    multiply-adds by the paper's count over the executed one (the innermost such scope counts)."""
+    executed = geometry['blocks'] * geometry['block'] * keys
+    return f'{ATTENTION_SCOPE_PREFIX}{length * geometry["paper_keys"]}_of_{executed}'
+
+
+def _band_scope(geometry: dict, length: int) -> str:
+    """The banded relative products compute keys + 1 columns per query (`_query_relative_banded`)."""
+    return _attention_scope(geometry, length, geometry['keys'] + 1)
+
+
+def _query_relative_banded(query: tf.Tensor, band: tf.Tensor) -> tf.Tensor:
+    """q_o . r_{p-o} inside local windows: query [n, h, i, u, d], band [1, d, keys + 1] -> [n, h, i, u, keys].
+
+    Column j of `band` holds the table row of p - o = j - halo for j < span and zeros beyond. One matmul gives
+    x[u, j] = q_u . band_j; reading each block's [u, keys + 1] result as [u, keys] (a contiguous slice of the first
+    u * keys values) shifts row u right by u, so that entry (u, w) is x[u, w - u]: the pair's own distance, and
+    zero outside the window (the columns j >= span, or wrapped from the previous row).
+    """
+    _, heads, blocks, queries, depth = query.shape
+    keys = band.shape[2] - 1
+    y = batch_matmul.matmul(tf.reshape(query, [1, -1, depth]), band)  # [1, n*h*i*u, keys + 1]
+    y = tf.slice(tf.reshape(y, [-1, queries * (keys + 1)]), [0, 0], [-1, queries * keys])  # gradient: a pad
+    return tf.reshape(y, [-1, heads, blocks, queries, keys])
+
+
+def _retrieve_relative_banded(weights: tf.Tensor, band: tf.Tensor) -> tf.Tensor:
+    """sum_p a_op r_{p-o} inside local windows: weights [n, h, i, u, keys], band [1, keys + 1, d] -> [n, h, i, u, d].
+
+    The inverse shift of `_query_relative_banded`: each block's [u, keys] weights padded by u values and read as
+    [u, keys + 1] put a[u, u + j] at column j, the weight of distance j - halo; the band's rows j >= span are zero,
+    which drops the wrapped values there.
+    """
+    _, heads, blocks, queries, keys = weights.shape
+    y = tf.pad(tf.reshape(weights, [-1, queries * keys]), [[0, 0], [0, queries]])
+    y = batch_matmul.matmul(tf.reshape(y, [1, -1, keys + 1]), band)  # [1, n*h*i*u, d]
+    return tf.reshape(y, [-1, heads, blocks, queries, band.shape[2]])
+
+
+def _sequence_groups(sequences: int, logit_bytes: int) -> int:
+    """Static number of groups for `sequences` sequences of `logit_bytes` float32 logits each.
+
+    Each group's chain of products, softmax and retrievals works on tensors of about _GROUP_BYTES, which stay in
+    the core's cache from one op to the next (and under glibc's mmap threshold, so their buffers are reused instead
+    of mapped and zeroed afresh): Axial-DeepLab-S's forward at 1025x2049 in half the time of two halves. At least
+    two groups, so that TensorFlow's executor runs independent groups on both cores; two when one sequence alone
+    exceeds the cache (global attention over long axes, where smaller groups only cost: 1.1x, 1.4x under XLA).
+    """
+    if logit_bytes >= _GROUP_BYTES:
+        return min(sequences, 2)
+    return max(min(sequences, 2), min(sequences, round(sequences * logit_bytes / _GROUP_BYTES)))
+
+
+def _by_sequence_groups(fn, tensors: List[Optional[tf.Tensor]], logit_bytes: int, num_outputs: int
+                        ) -> List[tf.Tensor]:
+    """Runs `fn` on groups of the leading (sequence) axis of `tensors` (None entries pass through) and joins its
+    `num_outputs` outputs along that axis.
+
+    A static sequence count gives static groups (`_sequence_groups`), split without a copy and joined by contiguous
+    copies. A dynamic one (e.g. an exported model's batch) runs groups of a static size in a loop, the last one
+    zero-padded (zero queries, keys and values give finite outputs, which are dropped).
+    """
+    sequences = tensors[0].shape[0]
+    if sequences is not None:
+        groups = _sequence_groups(sequences, logit_bytes)
+        bounds = [sequences * i // groups for i in range(groups + 1)]
+        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+        parts = zip(*(tf.split(t, sizes, 0) if t is not None else [None] * groups for t in tensors))
+        return [tf.concat(joined, 0) for joined in zip(*(fn(list(part)) for part in parts))]
+    count = tf.shape(tensors[0])[0]
+    size = max(1, _GROUP_BYTES // logit_bytes)
+    groups = (count + size - 1) // size
+
+    def grouped(t):
+        t = tf.pad(t, [[0, groups * size - count]] + [[0, 0]] * (len(t.shape) - 1))
+        return tf.reshape(t, tf.concat([[groups, size], tf.shape(t)[1:]], 0))
+    present = [i for i, t in enumerate(tensors) if t is not None]
+
+    def body(group):
+        full = [None] * len(tensors)
+        for i, t in zip(present, group):
+            full[i] = t
+        return fn(full)
+    outputs = tf.map_fn(body, tuple(grouped(tensors[i]) for i in present),
+                        fn_output_signature=[tf.float32] * num_outputs, parallel_iterations=2)
+    return [tf.reshape(o, tf.concat([[-1], tf.shape(o)[2:]], 0))[:count] for o in outputs]
+
+
 @keras.saving.register_keras_serializable(package='deeplab_axial')
 class AxialAttention(keras.layers.Layer):
     """Multi-head position-sensitive attention along axis 1 of a [batch, length, channels] input.
@@ -132,7 +253,9 @@ class AxialAttention(keras.layers.Layer):
       query_shape: deeplab2's rule (its `query_shape`, 129 in every released model): when set, an axis of length
         <= query_shape runs global attention, whatever the span; longer axes use the span.
       max_span: the relative tables have 2 * max_span - 1 rows; larger distances reuse the last row.
-      block_size: queries per block for local attention (memory and time grow as length * (block_size + span)).
+      block_size: the largest query block of local attention; the layer takes the size up to it that minimises
+        the executed pairs plus each block's fixed work (`_block_size`). Memory and time grow as
+        length * (block + span).
       use_query_rpe_similarity: add q_o . r^q_{p-o} to the logits.
       use_key_rpe_similarity: add k_p . r^k_{p-o} to the logits.
       use_content_similarity: add q_o . k_p to the logits.
@@ -143,6 +266,9 @@ class AxialAttention(keras.layers.Layer):
       bn_momentum: momentum of every batch norm in the layer.
       bn_epsilon: epsilon of every batch norm in the layer.
       use_sync_batchnorm: synchronise batch statistics across replicas.
+      core_dtype: dtype of the attention core's products (logits and retrievals): None follows the layer's compute
+        dtype; 'bfloat16' runs them in bfloat16 under a float32 policy too (CPUs with AVX-512 BF16 or AMX, GPUs,
+        TPUs). The softmax and every batch-norm statistic stay float32.
       **kwargs: forwarded to `keras.layers.Layer`.
     """
 
@@ -153,7 +279,7 @@ class AxialAttention(keras.layers.Layer):
                  use_content_similarity: bool = True, retrieve_value_rpe: bool = True,
                  retrieve_value_content: bool = True, initialization_std_for_query_key_rpe: float = 1.0,
                  initialization_std_for_value_rpe: float = 1.0, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3,
-                 use_sync_batchnorm: bool = False, **kwargs):
+                 use_sync_batchnorm: bool = False, core_dtype: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         if total_key_depth % num_heads or total_value_depth % num_heads:
             raise ValueError('AxialAttention: `num_heads` must divide `total_key_depth` and `total_value_depth`. '
@@ -167,6 +293,9 @@ class AxialAttention(keras.layers.Layer):
                              'use_key_rpe_similarity, use_content_similarity) must be on')
         if not (retrieve_value_rpe or retrieve_value_content):
             raise ValueError('AxialAttention: at least one of retrieve_value_rpe, retrieve_value_content must be on')
+        if core_dtype not in (None, 'float32', 'bfloat16', 'float16'):
+            raise ValueError(f'AxialAttention: `core_dtype` must be None, \'float32\', \'bfloat16\' or \'float16\'. '
+                             f'Received: core_dtype={core_dtype!r}')
         if query_shape is not None and query_shape < 1:
             raise ValueError(f'AxialAttention: `query_shape` must be None or positive. Received: '
                              f'query_shape={query_shape}')
@@ -190,6 +319,7 @@ class AxialAttention(keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.use_sync_batchnorm = use_sync_batchnorm
+        self.core_dtype = core_dtype
         self._similarity_terms = [name for name, on in (('content', use_content_similarity),
                                                         ('query_rpe', use_query_rpe_similarity),
                                                         ('key_rpe', use_key_rpe_similarity)) if on]
@@ -257,9 +387,7 @@ class AxialAttention(keras.layers.Layer):
         key = self._key_blocks(key, geometry, length)
         value = self._key_blocks(value, geometry, length)
 
-        scope = f'{ATTENTION_SCOPE_PREFIX}{length * geometry["paper_keys"]}_of_' \
-                f'{geometry["blocks"] * geometry["block"] * geometry["keys"]}'
-        with tf.name_scope(scope):
+        with tf.name_scope(_attention_scope(geometry, length, geometry['keys'])):
             output = self._attend(query, key, value, geometry, length, training, moments)
         return tf.cast(output, self.compute_dtype)
 
@@ -295,6 +423,15 @@ class AxialAttention(keras.layers.Layer):
         """The table rows for every (query-in-block, key-in-block) pair: [block, keys, depth]."""
         return tf.gather(tf.cast(table, dtype), geometry['table_rows'])
 
+    def _band(self, table: tf.Variable, geometry: dict, dtype: tf.DType, transpose: bool) -> tf.Tensor:
+        """The table rows of local blocks with a halo by distance, zero-padded to keys + 1: [1, keys + 1, depth]
+        (row j: distance j - halo), or [1, depth, keys + 1] with `transpose` (`_query_relative_banded`)."""
+        span = 2 * geometry['halo'] + 1
+        rows = np.clip(np.arange(span) - geometry['halo'], -(self.max_span - 1), self.max_span - 1) + self.max_span - 1
+        band = tf.gather(tf.cast(table, dtype), rows.astype(np.int32))
+        band = tf.pad(band, [[0, geometry['keys'] + 1 - span], [0, 0]])
+        return (tf.transpose(band) if transpose else band)[None]
+
     def _similarity_moments(self, query: tf.Tensor, key: tf.Tensor, geometry: dict) -> dict:
         """Batch-norm moments of the similarity terms from q, k [batch, heads, length, depth] (`attention_moments`).
 
@@ -321,16 +458,19 @@ class AxialAttention(keras.layers.Layer):
         `similarity_moments` holds the training-mode moments of the similarity terms computed from the unblocked
         q and k; a term missing there is reduced from its logits.
         """
-        dtype = query.dtype
         mask = None if geometry['mask'] is None else tf.constant(geometry['mask'])
         batch = tf.cast(tf.shape(query)[0], tf.float32)
 
-        # The local content logits have no small-Gram moments: reduce them directly (and reuse them below).
-        content_logits = None
+        logit_bytes = self.num_heads * geometry['blocks'] * geometry['block'] * geometry['keys'] * 4
+        # The local content logits have no small-Gram moments: they are reduced group by group (a first pass over
+        # the sequences, before the scale they give is known).
         if training and 'content' in self._similarity_terms and 'content' not in similarity_moments:
-            content_logits = tf.cast(batch_matmul.matmul(query, key, transpose_b=True), tf.float32)
-            similarity_moments['content'] = masked_moments(content_logits, [0, 2, 3, 4], mask,
-                                                           batch * geometry['pairs'])
+            sums = _by_sequence_groups(
+                lambda group: list(windowed_content_sums(tf.cast(group[0], tf.float32),
+                                                         tf.cast(group[1], tf.float32), mask)),
+                [query, key], logit_bytes, 2)
+            count = batch * geometry['pairs']
+            similarity_moments['content'] = tuple(tf.reduce_sum(s, 0) / count for s in sums)
         moments = [similarity_moments[name] for name in self._similarity_terms] if training else []
         scale, similarity_shift = self.batch_norm_similarity(moments, training=training)
         # Each term's per-head scale multiplies its query- or key-side operand, not the [.., L, L] logits, so that
@@ -339,71 +479,88 @@ class AxialAttention(keras.layers.Layer):
         # enters with weight 0, on the small scale tensor, which gives the shift's variables that zero gradient
         # instead of None.
         scale = scale + 0.0 * tf.reduce_sum(similarity_shift)
+        dtype = tf.as_dtype(self.core_dtype) if self.core_dtype else query.dtype
+        query, key, value = (tf.cast(t, dtype) for t in (query, key, value))
         scale = tf.cast(scale, dtype)[:, :, None, None, None]
-        # The sequences run as independent groups (halves of the leading axis): on CPU, TensorFlow's executor then
-        # runs the groups' small products side by side, about 5% faster forward + backward at 56x56 than one pass
-        # whose every op is split across cores. Splitting the leading axis takes no copy and the halves' outputs
-        # join by contiguous copies (groups of heads, tried before, cost strided ones, 1-2% slower). More groups
-        # are slower; under XLA it makes no difference.
-        sequences = tf.shape(query)[0]
-        sizes = tf.stack([(sequences * (i + 1)) // _SEQUENCE_GROUPS - (sequences * i) // _SEQUENCE_GROUPS
-                          for i in range(_SEQUENCE_GROUPS)])
-        per_group = zip(*(tf.split(t, sizes, 0, num=_SEQUENCE_GROUPS) if t is not None else
-                          [None] * _SEQUENCE_GROUPS for t in (query, key, value, content_logits)))
         relative = {name: self._relative(getattr(self, name), geometry, dtype) for name, used in (
             ('query_rpe', self.use_query_rpe_similarity), ('key_rpe', self.use_key_rpe_similarity),
             ('value_rpe', self.retrieve_value_rpe)) if used}
         if 'key_rpe' in relative:  # In the layout of the key term's product, once for all groups.
             relative['key_rpe'] = tf.transpose(relative['key_rpe'], [1, 2, 0])
-        outputs = [self._attend_sequences(*group, scale, relative, mask, geometry, length) for group in per_group]
-        outputs = [tf.concat(parts, 0) for parts in zip(*outputs)]
+        if geometry['halo']:  # local blocks with a halo: the query and value terms by band
+            for name in ('query_rpe', 'value_rpe'):
+                if name in relative:
+                    relative[name] = self._band(getattr(self, name), geometry, dtype, name == 'query_rpe')
+
+        def attend(group):
+            return self._attend_sequences(*group, scale, relative, mask, geometry, length)
+        outputs = _by_sequence_groups(attend, [query, key, value], logit_bytes, len(self._retrieval_terms))
         return self.batch_norm_retrieved_output.normalize_sum(outputs, training=training)
 
-    def _attend_sequences(self, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor,
-                          content_logits: Optional[tf.Tensor], scale: tf.Tensor, relative: dict,
+    def _attend_sequences(self, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, scale: tf.Tensor, relative: dict,
                           mask: Optional[tf.Tensor], geometry: dict, length: int) -> List[tf.Tensor]:
         """Logits, softmax and the retrieved outputs of a group of sequences, before their batch norm.
 
         Args:
-          query, key, value: the group's blocked q [n, h, i, u, dk], k [n, h, i, w, dk], v [n, h, i, w, dv].
-          content_logits: the group's unscaled float32 content logits when already computed, else None.
+          query, key, value: the group's blocked q [n, h, i, u, dk], k [n, h, i, w, dk], v [n, h, i, w, dv], in the
+            core's dtype.
           scale: the per-(term, head) logit scales, [terms, h, 1, 1, 1].
-          relative: the gathered [queries, keys, depth] slice of each relative table, by table name; the key
-            table's as [keys, depth, queries].
+          relative: per table name, the gathered [queries, keys, depth] slice of the table (the key table's as
+            [keys, depth, queries]), or for the query and value tables of local blocks with a halo their band
+            (`_band`).
           mask: the [blocks, block, keys] validity mask of a local span, else None.
 
         Returns:
           Per retrieval term, float32 [n, length, total_value_depth].
         """
-        dtype = query.dtype
+        weights = self._attention_weights(query, key, scale, relative, mask, geometry, length)
+        return self._retrieve(weights, value, relative, mask, geometry, length)
+
+    def _attention_weights(self, query: tf.Tensor, key: tf.Tensor, scale: tf.Tensor, relative: dict,
+                           mask: Optional[tf.Tensor], geometry: dict, length: int) -> tf.Tensor:
+        """Softmax over the keys of the summed, scaled similarity terms: [n, h, i, u, w] in the core's dtype.
+
+        The terms are summed in the core's dtype and cast once; the mask and the softmax are float32.
+        """
         terms = []
         for index, name in enumerate(self._similarity_terms):
-            if name == 'content' and content_logits is not None:
-                term = tf.cast(scale[index], tf.float32) * content_logits
-            elif name == 'content':
+            if name == 'content':
                 term = batch_matmul.matmul(scale[index] * query, key, transpose_b=True)
+            elif name == 'query_rpe' and geometry['halo']:
+                with tf.name_scope(_band_scope(geometry, length)):
+                    term = _query_relative_banded(scale[index] * query, relative['query_rpe'])
             elif name == 'query_rpe':
                 term = _query_relative(scale[index] * query, relative['query_rpe'])
             else:
                 term = _key_relative(scale[index] * key, relative['key_rpe'])
-            terms.append(tf.cast(term, tf.float32))
-        logits = tf.add_n(terms)
+            terms.append(term)
+        logits = terms[0]
+        for term in terms[1:]:  # Pairwise adds: graph mode turns add_n into slower accumulator ops.
+            logits = logits + term
+        logits = tf.cast(logits, tf.float32)
         if mask is not None:
             logits = logits + (1.0 - mask) * _MASKED_LOGIT
-        weights = tf.cast(tf.nn.softmax(logits, axis=-1), dtype)
+        return tf.cast(tf.nn.softmax(logits, axis=-1), query.dtype)
 
+    def _retrieve(self, weights: tf.Tensor, value: tf.Tensor, relative: dict, mask: Optional[tf.Tensor],
+                  geometry: dict, length: int) -> List[tf.Tensor]:
+        """The retrieved outputs of `_attend_sequences` from the attention weights."""
         # Each retrieved output goes to the layer's [batch, length, (head, depth)] layout before its batch norm, so
         # that the moments, scale and shift work on the contiguous last axis and the padded queries drop out.
         outputs = []
         for name in self._retrieval_terms:
             if name == 'content':
                 output = tf.transpose(batch_matmul.matmul(weights, value), [0, 2, 3, 1, 4])
+            elif geometry['halo']:
+                with tf.name_scope(_band_scope(geometry, length)):
+                    output = _retrieve_relative_banded(weights, relative['value_rpe'])
+                output = tf.transpose(output, [0, 2, 3, 1, 4])
             else:
                 output = _retrieve_relative(weights, relative['value_rpe'])
             output = tf.reshape(output, [tf.shape(output)[0], geometry['blocks'] * geometry['block'],
                                          self.total_value_depth])
             if geometry['blocks'] * geometry['block'] > length:
-                output = output[:, :length]
+                output = tf.slice(output, [0, 0, 0], [-1, length, -1])  # gradient: a pad
             outputs.append(tf.cast(output, tf.float32))
         return outputs
 
@@ -418,7 +575,8 @@ class AxialAttention(keras.layers.Layer):
             retrieve_value_content=self.retrieve_value_content,
             initialization_std_for_query_key_rpe=self.initialization_std_for_query_key_rpe,
             initialization_std_for_value_rpe=self.initialization_std_for_value_rpe,
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, use_sync_batchnorm=self.use_sync_batchnorm)
+            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, use_sync_batchnorm=self.use_sync_batchnorm,
+            core_dtype=self.core_dtype)
         return config
 
 
@@ -437,13 +595,13 @@ class AxialAttention2D(keras.layers.Layer):
       stride_by_average_pool: stride instead by an s x s average pool after the width axis, both axes attending at
         full resolution (the official PyTorch code; 'same' pooling, which equals its unpadded pool at even sizes).
       **kwargs: the other `AxialAttention` arguments (max_span, block_size, query_shape, the term switches, init
-        stds, bn settings), then `keras.layers.Layer` arguments.
+        stds, bn settings, core_dtype), then `keras.layers.Layer` arguments.
     """
 
     _ATTENTION_ARGS = ('max_span', 'block_size', 'query_shape', 'use_query_rpe_similarity', 'use_key_rpe_similarity',
                        'use_content_similarity', 'retrieve_value_rpe', 'retrieve_value_content',
                        'initialization_std_for_query_key_rpe', 'initialization_std_for_value_rpe', 'bn_momentum',
-                       'bn_epsilon', 'use_sync_batchnorm')
+                       'bn_epsilon', 'use_sync_batchnorm', 'core_dtype')
 
     def __init__(self, filters: int = 512, key_expansion: float = 1, value_expansion: float = 2,
                  num_heads: int = 8, span: Union[None, int, Sequence[Optional[int]]] = None, strides: int = 1,

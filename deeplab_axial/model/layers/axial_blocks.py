@@ -32,7 +32,7 @@ class AxialBlock(ResidualBlock):
         and by the 1x1 shortcut conv.
       span: None (global) or an odd local span of both axial layers.
       num_heads: attention heads.
-      block_size: query block size of local attention.
+      block_size: largest query block of local attention (`AxialAttention`).
       max_span: relative tables have 2 * max_span - 1 rows.
       query_shape: axes up to this length attend globally whatever the span (deeplab2's rule; `AxialAttention`).
       bottleneck_expansion: the first 1x1 conv has bottleneck_expansion * f channels.
@@ -40,6 +40,7 @@ class AxialBlock(ResidualBlock):
       value_expansion: attention value depth (its output channels) over f.
       stride_by_average_pool: both attention axes run at full resolution, then an average pool strides (the
         official PyTorch block) instead of subsampling after each axis.
+      core_dtype: dtype of the attention core's products (`AxialAttention`; None: the compute dtype).
       **kwargs: `ResidualBlock` arguments (drop path, squeeze-and-excitation, activation and its order, shortcut
         layout, batch-norm settings), then `keras.layers.Layer` arguments.
     """
@@ -47,7 +48,7 @@ class AxialBlock(ResidualBlock):
     def __init__(self, filters: int, strides: int = 1, span: Optional[int] = None, num_heads: int = 8,
                  block_size: int = 64, max_span: int = 255, query_shape: Optional[int] = None,
                  bottleneck_expansion: int = 2, key_expansion: float = 1, value_expansion: float = 2,
-                 stride_by_average_pool: bool = False, **kwargs):
+                 stride_by_average_pool: bool = False, core_dtype: Optional[str] = None, **kwargs):
         super().__init__(strides=strides, **kwargs)
         self.filters = filters
         self.span = span
@@ -59,6 +60,7 @@ class AxialBlock(ResidualBlock):
         self.key_expansion = key_expansion
         self.value_expansion = value_expansion
         self.stride_by_average_pool = stride_by_average_pool
+        self.core_dtype = core_dtype
         self.output_channels = 4 * filters
         # === Layers ===
         self.conv1 = ConvBN(bottleneck_expansion * filters, 1, activation=self.activation, name='conv1',
@@ -66,8 +68,8 @@ class AxialBlock(ResidualBlock):
         self.attention = AxialAttention2D(filters, key_expansion=key_expansion, value_expansion=value_expansion,
                                           num_heads=num_heads, span=span, strides=strides,
                                           stride_by_average_pool=stride_by_average_pool, block_size=block_size,
-                                          max_span=max_span, query_shape=query_shape, name='attention',
-                                          **self.bn_args)
+                                          max_span=max_span, query_shape=query_shape, core_dtype=core_dtype,
+                                          name='attention', **self.bn_args)
         self.conv3 = ConvBN(4 * filters, 1, activation=False, bn_gamma_zero=True, name='conv3', **self.bn_args)
 
     def build_branch(self, input_shape):
@@ -89,5 +91,6 @@ class AxialBlock(ResidualBlock):
         config.update(filters=self.filters, span=self.span, num_heads=self.num_heads, block_size=self.block_size,
                       max_span=self.max_span, query_shape=self.query_shape,
                       bottleneck_expansion=self.bottleneck_expansion, key_expansion=self.key_expansion,
-                      value_expansion=self.value_expansion, stride_by_average_pool=self.stride_by_average_pool)
+                      value_expansion=self.value_expansion, stride_by_average_pool=self.stride_by_average_pool,
+                      core_dtype=self.core_dtype)
         return config
