@@ -37,6 +37,7 @@ setuptools.setup(
         # numpy 2; it is installed with --no-deps by the README's test command, and its real needs are listed here.
         'test': [
             'pytest>=8,<10',
+            'pytest-xdist>=3.5,<4',  # the suite runs on both cores (pytest.ini)
             'cityscapesscripts>=2.2,<3',
             'matplotlib>=3.7',
             'scikit-image>=0.21',

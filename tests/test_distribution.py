@@ -76,10 +76,11 @@ def test_one_process_strategy_is_a_single_chief():
 
 
 def test_num_cpu_replicas_flag_selects_mirrored_strategy(tmp_path):
-    """--num_cpu_replicas=2 reaches the strategy (the run then stops: eval mode without a checkpoint)."""
+    """--num_cpu_replicas=2 reaches the strategy (the run then stops at the checks before the model is built: the
+    data pattern matches nothing)."""
     proc = subprocess.run([sys.executable, '-m', 'trainer.train', f'--config_file={_TINY}', '--mode=eval',
                            f'--model_dir={tmp_path}', '--num_cpu_replicas=2', '--config_param=DATA_DIR=/d'],
                           cwd=_REPO, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=_REPO))
-    assert proc.returncode != 0 and 'no checkpoint' in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "file_pattern '/d/val" in proc.stderr, proc.stderr[-2000:]
     assert 'with MirroredStrategy x2' in proc.stderr

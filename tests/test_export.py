@@ -242,8 +242,14 @@ image = np.load(sys.argv[2])
 called = loaded(tf.cast(image, tf.uint8))
 out = loaded.signatures['serving_default'](input_tensor=tf.constant(image))
 assert sorted(called) == sorted(out), (sorted(called), sorted(out))
+# Two traces of one model, optimised apart: floats agree to float noise, ids but for near-ties (at most 0.1%).
 for key in out:
-    np.testing.assert_array_equal(called[key].numpy(), out[key].numpy(), err_msg=key)
+    a, b = called[key].numpy(), out[key].numpy()
+    assert a.shape == b.shape and a.dtype == b.dtype, key
+    if a.dtype.kind == 'f':
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=key)
+    else:
+        assert (a != b).mean() <= 1e-3, key
 np.save(sys.argv[3], out['panoptic_pred'].numpy())
 ours = sorted(m for m in sys.modules if m.split('.')[0] in ('deeplab_axial', 'trainer', 'evaluation'))
 print('PROJECT_MODULES', ours)

@@ -216,7 +216,7 @@ def test_workers_that_restore_different_steps_are_refused(two_workers, tmp_path)
         logs = [cluster.log(i) for i in range(2)]
     assert codes == [1, 1], logs
     for log in logs:
-        assert 'ERROR: The workers restored different checkpoints' in log
+        assert 'error: The workers restored different checkpoints' in log
         assert re.search(r'worker 0: step 4 \(\S+ckpt-4\); worker 1: step 0 \(no checkpoint\)', log), log[-2000:]
 
 
