@@ -25,6 +25,9 @@ print('TENSORFLOW_IMPORTED', 'tensorflow' in sys.modules)
     ('trainer.demo', '--output_dir'),
     ('deeplab_axial.predict', '--saved_model'),
     ('evaluation.evaluate', '--gt_json'),
+    ('deeplab_axial.data.build_coco_data', '--treat_crowd_as_ignore'),
+    ('deeplab_axial.data.build_cityscapes_data', '--cityscapes_root'),
+    ('deeplab_axial.tools.convert_checkpoint', '--saved_model'),
 ])
 def test_help_answers_before_tensorflow_is_imported(module, flag):
     proc = subprocess.run([sys.executable, '-c', _RUN_HELP, module], cwd=_REPO, capture_output=True, text=True,

@@ -3,7 +3,8 @@
 Layers, lowest first: the library `deeplab_axial` -> `evaluation` (metrics, the evaluation CLI) -> `trainer` ->
 `benchmarks` and `tests`. Inside the library, in this order (a module may import its own level and the ones below):
 
-  0  base       common, io_errors, temp_files, atomic_files, resize, unsupported_fields, protos (and the package)
+  0  base       common, io_errors, temp_files, atomic_files, resize, unsupported_fields, lazy_module, protos (and
+                the package)
   1  data       descriptors, formats, converters, the input pipeline
   2  model      layers, encoder, decoder, losses, post-processing, models, checkpoint readers
   3  configs    config_utils (configs -> descriptors and models), vis
@@ -24,7 +25,7 @@ _LIBRARY_LEVELS = ('base', 'data', 'model', 'configs', 'inference', 'tools')
 # deeplab_axial's first name below the package -> its level in _LIBRARY_LEVELS ('' is the package itself).
 LIBRARY_LAYERS = {
     '': 'base', 'common': 'base', 'io_errors': 'base', 'temp_files': 'base', 'atomic_files': 'base',
-    'resize': 'base', 'unsupported_fields': 'base', 'protos': 'base', 'cli': 'base',
+    'resize': 'base', 'unsupported_fields': 'base', 'protos': 'base', 'cli': 'base', 'lazy_module': 'base',
     'data': 'data',
     'model': 'model',
     'config_utils': 'configs', 'vis': 'configs',
@@ -40,10 +41,15 @@ def _module_name(root: str, path: str) -> str:
 
 def _imports(tree: ast.AST, module: str, is_package: bool) -> List[tuple]:
     """(line, module, name) of every import statement: `import a.b` is ('a.b', ''), `from a import b` is ('a', 'b')
-    (b a submodule or an attribute of a), with relative imports resolved against `module`."""
+    (b a submodule or an attribute of a), with relative imports resolved against `module`; a deferred import
+    `lazy_module.load('a.b')` is ('a.b', '')."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == 'load'
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == 'lazy_module'
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            found.append((node.lineno, node.args[0].value, ''))
+        elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name, '') for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ''
@@ -132,7 +138,9 @@ def test_the_check_names_each_upward_import(tmp_path):
         'deeplab_axial/model/__init__.py': '',
         'deeplab_axial/model/deeplab.py': ('from deeplab_axial import common\nfrom . import heads\n\n\n'
                                            'def f():\n    from deeplab_axial.inference import runner\n'),
-        'deeplab_axial/model/heads.py': '',
+        'deeplab_axial/model/heads.py': ("from deeplab_axial import lazy_module\n"
+                                         "runner = lazy_module.load('deeplab_axial.inference.runner')\n"),
+        'deeplab_axial/lazy_module.py': '',
         'deeplab_axial/inference/__init__.py': '',
         'deeplab_axial/inference/runner.py': 'from deeplab_axial.model import deeplab\nfrom evaluation import pq\n',
         'evaluation/__init__.py': '',
@@ -147,6 +155,8 @@ def test_the_check_names_each_upward_import(tmp_path):
         "deeplab_axial/inference/runner.py:2: deeplab_axial.inference.runner (library level 'inference') imports "
         "evaluation.pq (layer 'evaluation')",
         "deeplab_axial/model/deeplab.py:6: deeplab_axial.model.deeplab (library level 'model') imports "
+        "deeplab_axial.inference.runner (library level 'inference')",
+        "deeplab_axial/model/heads.py:2: deeplab_axial.model.heads (library level 'model') imports "
         "deeplab_axial.inference.runner (library level 'inference')",
         "evaluation/pq.py:2: evaluation.pq (layer 'evaluation') imports trainer.train (layer 'trainer')",
         "trainer/train.py:2: trainer.train (layer 'trainer') imports helper (layer 'tests')",

@@ -27,10 +27,13 @@ from absl import flags
 from absl import logging
 
 from deeplab_axial import cli
+from deeplab_axial import lazy_module
 from deeplab_axial.data import build_coco_data
 from deeplab_axial.data import dataset
-from deeplab_axial.data import record_check
-from deeplab_axial.data import shard_writer
+
+# Loaded on first use: --help answers before TensorFlow is imported.
+record_check = lazy_module.load('deeplab_axial.data.record_check')
+shard_writer = lazy_module.load('deeplab_axial.data.shard_writer')
 
 
 def convert_split(cityscapes_root: str, output_dir: str, split: str, num_shards: int = 10, num_workers: int = 4,

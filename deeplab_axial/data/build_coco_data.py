@@ -28,14 +28,17 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from deeplab_axial import cli
-from deeplab_axial.data import data_utils
+from deeplab_axial import lazy_module
 from deeplab_axial.data import dataset
 from deeplab_axial.data import panoptic_png
-from deeplab_axial.data import record_check
-from deeplab_axial.data import shard_writer
+
+# Loaded on first use: --help answers before TensorFlow is imported.
+tf = lazy_module.load('tensorflow')
+data_utils = lazy_module.load('deeplab_axial.data.data_utils')
+record_check = lazy_module.load('deeplab_axial.data.record_check')
+shard_writer = lazy_module.load('deeplab_axial.data.shard_writer')
 
 _LABEL_DIVISOR = 256
 _IGNORE_LABEL = 0
@@ -134,7 +137,7 @@ def crowd_as_void(segments_info: Sequence[dict], id_mapping: Dict[int, int],
 
 def panoptic_example(image_path: str, png_path: str, name: str, segments_info: Sequence[dict],
                      id_mapping: Dict[int, int], thing_ids: Set[int], label_divisor: int,
-                     ignore_label: int) -> tf.train.Example:
+                     ignore_label: int) -> 'tf.train.Example':
     """One image and its panoptic PNG (see `panoptic_label_from_png`) as a TFExample; their sizes must agree."""
     image_data, image_format, height, width = data_utils.read_image_for_record(image_path)
     panoptic = panoptic_label_from_png(png_path, segments_info, id_mapping, thing_ids, label_divisor, ignore_label)

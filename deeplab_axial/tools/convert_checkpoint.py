@@ -29,13 +29,17 @@ from typing import Dict, Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from deeplab_axial import cli, common, config_utils  # noqa: E402
-from deeplab_axial.inference import model_loader, saved_model_export  # noqa: E402
-from deeplab_axial.model import builder, deeplab2_checkpoint, pytorch_checkpoint  # noqa: E402
+from deeplab_axial import cli, common, config_utils, lazy_module  # noqa: E402
 from deeplab_axial.protos import config_pb2  # noqa: E402
+
+# Loaded on first use: --help answers before TensorFlow is imported.
+keras = lazy_module.load('keras')
+tf = lazy_module.load('tensorflow')
+model_loader = lazy_module.load('deeplab_axial.inference.model_loader')
+saved_model_export = lazy_module.load('deeplab_axial.inference.saved_model_export')
+builder = lazy_module.load('deeplab_axial.model.builder')
+deeplab2_checkpoint = lazy_module.load('deeplab_axial.model.deeplab2_checkpoint')
+pytorch_checkpoint = lazy_module.load('deeplab_axial.model.pytorch_checkpoint')
 
 SOURCES = ('deeplab2', 'pytorch')
 CHECKPOINT_NAME = 'ckpt-0'
@@ -45,7 +49,7 @@ class ConvertError(Exception):
     """A problem with a flag, the input or the output, reported in one line without a traceback."""
 
 
-def build_model(config: config_pb2.ExperimentOptions) -> keras.Model:
+def build_model(config: config_pb2.ExperimentOptions) -> 'keras.Model':
     """The config's model (drop path off), built at the eval crop size, as inference builds it."""
     descriptors = config_utils.validate(config)
     config = config_pb2.ExperimentOptions.FromString(config.SerializeToString())
@@ -55,7 +59,7 @@ def build_model(config: config_pb2.ExperimentOptions) -> keras.Model:
     return model
 
 
-def read_weights(model: keras.Model, source: str, path: str) -> Dict[str, keras.layers.Layer]:
+def read_weights(model: 'keras.Model', source: str, path: str) -> Dict[str, 'keras.layers.Layer']:
     """Fills `model` from the checkpoint at `path`; returns the checkpoint items that were filled."""
     if source == 'pytorch':
         pytorch_checkpoint.load_pytorch_checkpoint(model, path)
@@ -84,7 +88,7 @@ def _deeplab2_prefix(path: str) -> str:
         raise ConvertError(f'--input: {e}') from None
 
 
-def write_checkpoint(items: Dict[str, keras.layers.Layer], directory: str) -> str:
+def write_checkpoint(items: Dict[str, 'keras.layers.Layer'], directory: str) -> str:
     """Writes `ckpt-0` (the items and global step 0) and its `checkpoint` file into `directory`; returns the
     prefix."""
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name=common.CKPT_GLOBAL_STEP)
