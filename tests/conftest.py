@@ -59,9 +59,3 @@ def full_filesystem(small_filesystem):
         assert e.errno == errno.ENOSPC
     return small_filesystem
 
-
-def pytest_collection_modifyitems(config, items):
-    """The `slow` files first (a stable sort keeps each file's own order): pytest-xdist hands out whole files in
-    collection order, so the long end-to-end files start early and the short ones fill in around them."""
-    del config
-    items.sort(key=lambda item: item.get_closest_marker('slow') is None)

@@ -336,6 +336,9 @@ def test_a_few_training_steps_on_each_new_encoder(family):
     Panoptic-DeepLab does not read (as in deeplab2, it gets no gradient), and the attention logits' batch-norm shift,
     which cancels in the softmax (its exact gradient is zero; `AxialAttention`)."""
     name = 'swidernet' if family == 'swidernet_sac_se' else family
+    # Seeded: which blocks drop path drops depends on the seed; unseeded, whatever ran before in the process chose,
+    # and a block dropped in every step (as res4_block2 of max_deeplab_s_backbone once was) gets no gradient.
+    keras.utils.set_random_seed(0)
     model = registry.build_model(name, num_classes=7, width_multiplier=0.0625, stem_width_multiplier=0.125,
                                  drop_path_keep_prob=0.8, **_FAMILIES[family])
     model.build((None, 33, 33, 3))
