@@ -3,11 +3,20 @@
 import errno
 import os
 import subprocess
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state (Python, numpy, TensorFlow and Keras), whatever ran before it in
+    the same worker process: weights drawn by Keras initialisers and drop-path masks do not depend on test order."""
+    if 'keras' in sys.modules:  # a test without TensorFlow does not load it
+        sys.modules['keras'].utils.set_random_seed(0)
 
 
 @pytest.fixture
