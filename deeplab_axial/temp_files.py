@@ -22,7 +22,7 @@ def temp_name(prefix: str) -> str:
     return f'{prefix}{_HOST}-{os.getpid()}'
 
 
-def _process_runs(pid: int) -> bool:
+def process_runs(pid: int) -> bool:
     """Whether a process `pid` runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
@@ -46,7 +46,7 @@ def remove_stale(prefix_pattern: str) -> List[str]:
     removed = []
     for path in tf.io.gfile.glob(f'{prefix_pattern}{_HOST}-*'):
         pid = path.rstrip('/').rsplit('-', 1)[1]
-        if not pid.isdigit() or int(pid) == os.getpid() or _process_runs(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or process_runs(int(pid)):
             continue
         if tf.io.gfile.isdir(path):
             tf.io.gfile.rmtree(path)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
 
+from deeplab_axial import temp_files
 from deeplab_axial.protos import config_pb2
 
 LOCK_NAME = 'training.lock'
@@ -50,12 +51,8 @@ def _process_start(pid: int) -> Optional[int]:
 
 
 def _is_alive(pid: int, process_start: Optional[int]) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not temp_files.process_runs(pid):
         return False
-    except PermissionError:
-        pass
     # A live pid that started at another time is a newer process that reused the number.
     return process_start is None or _process_start(pid) in (None, process_start)
 
