@@ -57,6 +57,26 @@ def test_fused_inference_uses_moving_statistics(rng):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_frozen_batch_norm_folds_into_a_scale_and_shift(rng):
+    """A non-trainable layer normalises with its moving statistics in training too (as Keras); its
+    folded_scale_and_shift, which the qkv projection takes into its kernel, gives the same transform; the kernel
+    (training) path is not folded."""
+    fused, _, gamma, beta = _layers(rng)
+    mean = rng.normal(size=5).astype(np.float32)
+    variance = rng.uniform(0.5, 3, 5).astype(np.float32)
+    fused.moving_mean.assign(mean)
+    fused.moving_variance.assign(variance)
+    x = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    expected = (x - mean) / np.sqrt(variance + 1e-3) * gamma + beta
+    scale, shift = fused.folded_scale_and_shift()
+    np.testing.assert_allclose(x * scale.numpy() + shift.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert fused.uses_batch_statistics(True) and not fused.uses_batch_statistics(False)
+    fused.trainable = False
+    assert not fused.uses_batch_statistics(True)
+    np.testing.assert_allclose(fused(x, training=True), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), mean)  # no update
+
+
 @pytest.mark.parametrize('policy', ['mixed_bfloat16', 'mixed_float16'])
 def test_fused_mixed_precision_keeps_float32_statistics(rng, policy):
     x = rng.normal(size=(3, 4, 6)).astype(np.float32)
