@@ -31,7 +31,8 @@ def inference_scale_and_shift(scale: Optional[tf.Tensor], offset: Optional[tf.Te
 def fused_batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float,
                      mean: Optional[tf.Tensor] = None,
                      variance: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Batch norm of float32 `x` over its last axis with TensorFlow's fused kernel.
+    """Batch norm of float32 `x` over its last axis: TensorFlow's fused kernel with the batch's statistics, a
+    multiply and a bias add (`inference_scale_and_shift`) with given ones.
 
     Args:
       x: float32 [..., channels].
