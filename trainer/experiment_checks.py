@@ -20,8 +20,6 @@ from deeplab_axial.protos import dataset_pb2
 from trainer import checkpoint_utils
 from trainer import data_options
 
-_TRAIN_MODES = (common.MODE_TRAIN, common.MODE_TRAIN_AND_EVAL)
-
 
 class ExperimentError(ValueError):
     """A data source, folder or checkpoint the experiment cannot use; the message names the config field or flag."""
@@ -73,7 +71,7 @@ def check_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment
       ExperimentError naming the config field, flag or path.
     """
     check_experiment_dir(experiment_dir)
-    training = mode in _TRAIN_MODES
+    training = mode in common.TRAIN_MODES
     if training:
         check_data_source(config.train_dataset_options, 'train_dataset_options', is_training=True)
     if mode != common.MODE_TRAIN:

@@ -28,10 +28,8 @@ if TYPE_CHECKING:
     import tensorflow as tf
     from deeplab_axial.protos import config_pb2
 
-_MODES = (common.MODE_TRAIN, common.MODE_EVAL, common.MODE_TRAIN_AND_EVAL, common.MODE_CONTINUOUS_EVAL)
-
 flags.DEFINE_string('config_file', None, 'Path of the ExperimentOptions textproto.')
-flags.DEFINE_enum('mode', None, list(_MODES), 'What to run.')
+flags.DEFINE_enum('mode', None, list(common.MODES), 'What to run.')
 flags.DEFINE_string('model_dir', None, 'Root folder; the experiment writes to model_dir/experiment_name.')
 flags.DEFINE_string('master', None, "TPU name or grpc:// address; 'local' for the host's TPU.")
 flags.DEFINE_integer('num_gpus', 0, 'GPUs to train on (MirroredStrategy when > 1).')
@@ -51,8 +49,8 @@ def load_experiment_config(config_file: str, mode: str,
       config_utils.ConfigError naming the file (and line) or flag.
     """
     from deeplab_axial import config_utils  # pylint: disable=g-import-not-at-top
-    if mode not in _MODES:
-        raise config_utils.ConfigError(f'--mode must be one of {_MODES}. Received: {mode!r}')
+    if mode not in common.MODES:
+        raise config_utils.ConfigError(f'--mode must be one of {common.MODES}. Received: {mode!r}')
     config = config_utils.load_config(config_file, params=config_utils.parse_config_params(config_params))
     if not config.experiment_name:
         raise config_utils.ConfigError(f'{config_file}: experiment_name must be set')

@@ -48,8 +48,6 @@ from trainer import train_step
 from trainer.task import Task
 
 _TASKS: Dict[str, Task] = {common.TASK_PANOPTIC: panoptic_task, common.TASK_CLASSIFICATION: classification_task}
-_TRAIN_MODES = (common.MODE_TRAIN, common.MODE_TRAIN_AND_EVAL)
-_MODES = _TRAIN_MODES + (common.MODE_EVAL, common.MODE_CONTINUOUS_EVAL)
 
 
 def _host_datasets(strategy: tf.distribute.Strategy) -> bool:
@@ -123,20 +121,20 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
         model is built).
       ValueError: an unknown mode.
     """
-    if mode not in _MODES:
-        raise ValueError(f'mode must be one of {_MODES}. Received: {mode!r}')
+    if mode not in common.MODES:
+        raise ValueError(f'mode must be one of {common.MODES}. Received: {mode!r}')
     descriptors = config_checks.validate(config, num_replicas=strategy.num_replicas_in_sync)
-    for needed, key, field in ((mode in _TRAIN_MODES, 'train', 'train_dataset_options'),
+    for needed, key, field in ((mode in common.TRAIN_MODES, 'train', 'train_dataset_options'),
                                (mode != common.MODE_TRAIN, 'eval', 'eval_dataset_options')):
         if needed and key not in descriptors:
             raise config_utils.ConfigError(f'--mode={mode} needs {field}.dataset')
     experiment_checks.check_experiment(config, mode, experiment_dir)
     with contextlib.ExitStack() as stack:
-        if mode in _TRAIN_MODES:
+        if mode in common.TRAIN_MODES:
             seed = _config_seed(config, seed)
             _own_experiment_dir(config, experiment_dir, seed, cluster.worker_info(strategy), stack)
         results = _run(config, descriptors, mode, experiment_dir, strategy, seed)
-        if mode in _TRAIN_MODES and cluster.worker_info(strategy).is_chief:
+        if mode in common.TRAIN_MODES and cluster.worker_info(strategy).is_chief:
             model_dir_lib.remove_checkpoint_temporaries(experiment_dir)
         return results
 
@@ -144,7 +142,7 @@ def run_experiment(config: config_pb2.ExperimentOptions, mode: str, experiment_d
 def _run(config: config_pb2.ExperimentOptions, descriptors: dict, mode: str, experiment_dir: str,
          strategy: tf.distribute.Strategy, seed: Optional[int]) -> Dict[str, Dict[str, float]]:
     """run_experiment, inside the chief's claim on experiment_dir."""
-    training = mode in _TRAIN_MODES
+    training = mode in common.TRAIN_MODES
     evaluating = mode != common.MODE_TRAIN
     descriptor = descriptors['train' if training else 'eval']
     task = _TASKS[registry.model_task(config.model_options.backbone.name)]
