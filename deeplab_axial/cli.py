@@ -64,7 +64,6 @@ def parse_flags(argv: Sequence[str]) -> list:
         sys.exit(EXIT_USER_ERROR)
 
 
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser for the argparse tools: a bad or missing argument is one `error:` line and exit status 2
     (argparse's own prints its usage first)."""

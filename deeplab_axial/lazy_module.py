@@ -9,9 +9,6 @@ import types
 class LazyModule(types.ModuleType):
     """Stands for the module `name`; the first attribute read imports it (`importlib.import_module`)."""
 
-    def __init__(self, name: str):
-        super().__init__(name)
-
     def __getattr__(self, attribute: str):
         return getattr(importlib.import_module(self.__name__), attribute)
 

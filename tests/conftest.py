@@ -67,4 +67,3 @@ def full_filesystem(small_filesystem):
     except OSError as e:
         assert e.errno == errno.ENOSPC
     return small_filesystem
-

@@ -23,7 +23,6 @@ from PIL import Image
 from deeplab_axial import cli
 from deeplab_axial import common
 from deeplab_axial.data import build_coco_data
-from deeplab_axial.data import data_utils
 from deeplab_axial.data import dataset
 from deeplab_axial.data import input_pipeline
 from deeplab_axial.data import panoptic_png
