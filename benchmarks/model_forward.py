@@ -103,7 +103,7 @@ def run_case(model_name: str, height: int, width: int, mode: str, repeats: int, 
 def _size(text: str) -> tuple:
     parts = text.lower().split('x')
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f'--sizes: expected HxW (e.g. 513x513). Received: {text!r}')
+        raise argparse.ArgumentTypeError(f'expected HxW (e.g. 513x513). Received: {text!r}')
     return int(parts[0]), int(parts[1])
 
 
@@ -122,7 +122,10 @@ def main() -> None:
         print('RESULT' + json.dumps(run_case(name, *_size(size), mode, args.repeats, args.core_dtype)))
         return
     models = [m.strip() for m in args.models.split(',') if m.strip()]
-    sizes = [_size(s.strip()) for s in args.sizes.split(',') if s.strip()]
+    try:
+        sizes = [_size(s.strip()) for s in args.sizes.split(',') if s.strip()]
+    except argparse.ArgumentTypeError as e:
+        parser.error(f'--sizes: {e}')
     modes = [m.strip() for m in args.modes.split(',') if m.strip()]
     if set(modes) - set(MODES):
         parser.error(f'--modes: unknown {sorted(set(modes) - set(MODES))}; choose from {list(MODES)}')
