@@ -163,11 +163,23 @@ def test_every_block_size_gives_the_same_outputs_and_gradients(rng, training):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('group_sequences, static_groups', [(1, 5), (2, 2)])
+@pytest.mark.parametrize('count, most, groups, size', [(5, 1, 5, 1), (5, 2, 3, 2), (5, 4, 2, 3), (49, 1000, 1, 49),
+                                                        (8, 4, 2, 4), (0, 4, 0, 0)])
+def test_dynamic_sequence_groups_are_equal_and_pad_less_than_one_sequence_each(monkeypatch, count, most, groups,
+                                                                                size):
+    # Groups of at most `most` sequences: a single group is the sequences themselves (a batch of one image used to
+    # be padded to a full group of `most`).
+    monkeypatch.setattr(axial_attention, '_GROUP_BYTES', most * 100 + 99)
+    got = axial_attention._dynamic_sequence_groups(tf.constant(count), 100)
+    assert [int(t) for t in got] == [groups, size]
+
+
+@pytest.mark.parametrize('group_sequences, static_groups', [(1, 5), (2, 2), (4, 2)])
 @pytest.mark.parametrize('training', [False, True])
 def test_many_sequence_groups_and_a_dynamic_batch_match_numpy(rng, monkeypatch, training, group_sequences,
                                                                static_groups):
-    # 5 sequences in groups of one or two: 5 or 2 static groups, or a loop over 5 groups, or 3 with the last padded.
+    # 5 sequences in groups of at most 1, 2 or 4: 5, 2 or 2 static groups, or a loop over 5 groups, 3 of 2 or 2 of 3
+    # sequences, the last padded.
     layer, x = _layer_and_input(rng, length=11, span=5, block_size=4)
     x = np.concatenate([x, x[::-1] * 0.5 + 0.1], 0)[:5]
     geometry = _window(11, 5, 4, 255)

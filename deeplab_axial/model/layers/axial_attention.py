@@ -205,14 +205,24 @@ def _sequence_groups(sequences: int, logit_bytes: int) -> int:
     return max(min(sequences, 2), min(sequences, round(sequences * logit_bytes / _GROUP_BYTES)))
 
 
+def _dynamic_sequence_groups(count: tf.Tensor, logit_bytes: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Groups and sequences per group for a dynamic `count` of sequences: as few groups as keep each group's logits
+    within _GROUP_BYTES, of equal size, so that the zero padding of the last group stays below one sequence per
+    group (a single group is exactly the sequences: a batch of one image pads nothing).
+    """
+    most = max(1, _GROUP_BYTES // logit_bytes)
+    groups = (count + most - 1) // most
+    return groups, (count + tf.maximum(groups, 1) - 1) // tf.maximum(groups, 1)
+
+
 def _by_sequence_groups(fn, tensors: List[Optional[tf.Tensor]], logit_bytes: int, num_outputs: int
                         ) -> List[tf.Tensor]:
     """Runs `fn` on groups of the leading (sequence) axis of `tensors` (None entries pass through) and joins its
     `num_outputs` outputs along that axis.
 
     A static sequence count gives static groups (`_sequence_groups`), split without a copy and joined by contiguous
-    copies. A dynamic one (e.g. an exported model's batch) runs groups of a static size in a loop, the last one
-    zero-padded (zero queries, keys and values give finite outputs, which are dropped).
+    copies. A dynamic one (e.g. an exported model's batch) runs equal groups in a loop (`_dynamic_sequence_groups`),
+    the last one zero-padded (zero queries, keys and values give finite outputs, which are dropped).
     """
     sequences = tensors[0].shape[0]
     if sequences is not None:
@@ -222,8 +232,7 @@ def _by_sequence_groups(fn, tensors: List[Optional[tf.Tensor]], logit_bytes: int
         parts = zip(*(tf.split(t, sizes, 0) if t is not None else [None] * groups for t in tensors))
         return [tf.concat(joined, 0) for joined in zip(*(fn(list(part)) for part in parts))]
     count = tf.shape(tensors[0])[0]
-    size = max(1, _GROUP_BYTES // logit_bytes)
-    groups = (count + size - 1) // size
+    groups, size = _dynamic_sequence_groups(count, logit_bytes)
 
     def grouped(t):
         t = tf.pad(t, [[0, groups * size - count]] + [[0, 0]] * (len(t.shape) - 1))
