@@ -14,11 +14,11 @@ def _numpy_batch_norm(x, gamma, beta, epsilon):
     return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta, mean, variance
 
 
-def _layers(rng, channels=5):
+def _layers(rng, channels=5, rank=3):
     fused = FusedBatchNormalization(momentum=0.9, epsilon=1e-3)
     reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
     for layer in (fused, reference):
-        layer.build((None, None, channels))
+        layer.build((None,) * (rank - 1) + (channels,))
     gamma = rng.uniform(0.5, 2, channels).astype(np.float32)
     beta = rng.normal(size=channels).astype(np.float32)
     for layer in (fused, reference):
@@ -48,11 +48,12 @@ def test_fused_training_matches_numpy_and_keras_outputs_statistics_and_gradients
     np.testing.assert_allclose(fused.moving_variance.numpy(), 0.9 + 0.1 * variance, rtol=1e-5)
 
 
-def test_fused_inference_uses_moving_statistics(rng):
-    fused, _, gamma, beta = _layers(rng)
+@pytest.mark.parametrize('shape', [(2, 3, 5), (2, 3, 4, 5)])  # a feature map takes the kernel's inference form
+def test_fused_inference_uses_moving_statistics(rng, shape):
+    fused, _, gamma, beta = _layers(rng, rank=len(shape))
     fused.moving_mean.assign(np.full(5, 0.5, np.float32))
     fused.moving_variance.assign(np.full(5, 4.0, np.float32))
-    x = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    x = rng.normal(size=shape).astype(np.float32)
     np.testing.assert_allclose(fused(x, training=False), (x - 0.5) / np.sqrt(4.0 + 1e-3) * gamma + beta,
                                rtol=1e-5, atol=1e-5)
 
@@ -85,14 +86,26 @@ def test_fused_mixed_precision_keeps_float32_statistics(rng, policy):
     assert y.dtype == layer.compute_dtype
     assert layer.moving_mean.dtype == 'float32'
     np.testing.assert_allclose(layer.moving_mean.numpy(), 0.01 * x.mean((0, 1)), rtol=0.02, atol=1e-3)
+    feature_map = x.reshape(3, 2, 2, 6)
+    maps = FusedBatchNormalization(dtype=policy)
+    maps.build(feature_map.shape)
+    maps.moving_mean.assign(x.mean((0, 1)))
+    maps.moving_variance.assign(x.var((0, 1)))
+    y = maps(tf.cast(feature_map, maps.compute_dtype), training=False)
+    assert y.dtype == maps.compute_dtype
+    expected = (feature_map - x.mean((0, 1))) / np.sqrt(x.var((0, 1)) + 1e-3)
+    np.testing.assert_allclose(tf.cast(y, tf.float32), expected, rtol=2e-2, atol=2e-2)
 
 
 def test_fused_compiles_with_xla_and_falls_back_for_other_axes(rng):
     x = tf.constant(rng.normal(size=(2, 3, 4)).astype(np.float32))
-    layer = FusedBatchNormalization()
-    eager = layer(x, training=False)
-    np.testing.assert_allclose(tf.function(lambda t: layer(t, training=False), jit_compile=True)(x), eager,
-                               rtol=1e-6)
+    for inputs in (x, tf.reshape(x, [2, 3, 1, 4])):
+        layer = FusedBatchNormalization()
+        layer.build(inputs.shape)
+        layer.moving_variance.assign(rng.uniform(0.5, 2, 4).astype(np.float32))
+        eager = layer(inputs, training=False)
+        np.testing.assert_allclose(tf.function(lambda t: layer(t, training=False), jit_compile=True)(inputs),
+                                   eager, rtol=1e-6)
     # Axis 1 is not the fused case: the Keras computation, per channel of axis 1.
     per_axis1 = FusedBatchNormalization(axis=1, epsilon=1e-3)
     y = per_axis1(x, training=True).numpy()

@@ -6,9 +6,12 @@ layer's [tokens, 2Dk + Dv] projection that halves the batch norm's forward + bac
 same statistics and moving-average update as the Keras layer; the synchronized, masked, renormalised and non-last-axis
 cases fall back to it.
 
-With moving statistics (inference) the batch norm is its per-channel scale and shift (`inference_scale_and_shift`):
-a multiply and a bias add, with the kernel's rounding, a little faster on CPU than the kernel, and foldable into the
-matmul before it (the attention's qkv projection).
+With moving statistics (inference) the batch norm of a feature map ([batch, height, width, channels], always a
+convolution's output here) is the kernel's inference form, which TensorFlow's graph optimizer fuses into the
+convolution before it (one pass instead of three: a 1x1 convolution + batch norm + ReLU on 257x513x256 -> 128 in
+0.84x the time of convolution, multiply, bias add and ReLU). Other ranks use the per-channel scale and shift
+(`inference_scale_and_shift`): a multiply and a bias add, with the kernel's rounding, a little faster on CPU than
+the kernel alone, and foldable into the matmul before it (the attention's qkv projection).
 """
 
 from typing import Optional, Tuple
@@ -84,6 +87,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             y, mean, variance = fused_batch_norm(x, scale, offset, self.epsilon)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        elif len(inputs.shape) == 4:
+            y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon, is_training=False)
         else:
             y, _, _ = fused_batch_norm(x, scale, offset, self.epsilon, tf.cast(self.moving_mean, tf.float32),
                                        tf.cast(self.moving_variance, tf.float32))
