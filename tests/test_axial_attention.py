@@ -124,6 +124,49 @@ def test_layer_matches_numpy_eq4(rng, kwargs, training):
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize('length, kwargs', [
+    (11, dict(span=None)),  # global: 6 queries (stride 2) against 11 keys
+    (12, dict(span=None, max_span=4)),
+    (23, dict(span=5, block_size=4)),  # blocks of strided queries with their halos, the last one padded
+    (24, dict(span=7, block_size=3)),
+    (9, dict(span=7)),  # the whole axis as one masked block
+    (23, dict(span=1, block_size=4)),
+    (23, dict(span=5, block_size=4, use_content_similarity=False, use_key_rpe_similarity=False)),
+])
+@pytest.mark.parametrize('stride', [2, 3])
+@pytest.mark.parametrize('training', [False, True])
+def test_query_stride_returns_the_strided_outputs(rng, length, kwargs, stride, training):
+    # In inference only the kept queries are computed (their own blocks, bands and masks); in training all of them
+    # (the batch norms' statistics cover every query) and the output is subsampled. Both equal Eq. 4's outputs at
+    # positions 0, s, 2s, ... with the statistics of all queries.
+    layer, x = _layer_and_input(rng, length=length, **kwargs)
+    expected = numpy_axial_attention(x.astype(np.float64), layer, training=training)[:, ::stride]
+    got = layer(x, training=training, query_stride=stride).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
+    dynamic = tf.function(lambda t: layer(t, training=training, query_stride=stride),
+                          input_signature=[tf.TensorSpec([None, length, x.shape[-1]], tf.float32)])
+    np.testing.assert_allclose(dynamic(x).numpy(), expected, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize('length, span, stride, blocks, block, keys', [
+    # Cost blocks * (s * (b - 1) + m) * (b + 8): 129 strided queries in 10 blocks of 13 spanning 2 * 12 + 65 keys,
+    # 10 * 89 * 21 = 18690 (blocks of 12: 11 * 87 * 20 = 19140; of 15: 9 * 93 * 23 = 19251).
+    (257, 65, 2, 10, 13, 89),
+    # 65 queries: 5 blocks of 13, 5 * 89 * 21 = 9345, against the whole axis as one block, 129 * (65 + 8) = 9417.
+    (129, 65, 2, 5, 13, 89),
+    (40, 9, 3, 2, 7, 27),  # 14 queries: 2 * 27 * 15 = 810 (one block: 40 * 22 = 880)
+])
+def test_strided_geometry(length, span, stride, blocks, block, keys):
+    geometry = _window(length, span, 64, 255, stride)
+    assert (geometry['queries'], geometry['blocks'], geometry['block'], geometry['keys']) == (
+        -(-length // stride), blocks, block, keys)
+    # Every strided query keeps its whole window: the valid pairs are the full layer's at those queries.
+    radius = (span - 1) // 2
+    assert geometry['pairs'] == sum(min(o + radius, length - 1) - max(o - radius, 0) + 1
+                                    for o in range(0, length, stride))
+
+
 @pytest.mark.parametrize('length, span, max_block, expected', [
     # Cost blocks * (b + m - 1) * (b + 8) over b = ceil(length / blocks): for length 20, span 5, at most 8:
     # b 7 -> 3 * 11 * 15 = 495, b 5 -> 4 * 9 * 13 = 468, b 4 -> 5 * 8 * 12 = 480, b 3 -> 7 * 7 * 11 = 539.

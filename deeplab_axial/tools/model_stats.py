@@ -10,8 +10,10 @@ Local attention: the layer computes query blocks of b queries against b + m - 1 
 each window, so it executes more multiply-adds than the paper's convention of m keys for every query (L * m per
 axis, borders included). `madds` reports the paper-comparable count: ops inside an attention core (name scope
 `attention_keys_{L*m}_of_{executed pairs}`, the innermost one where they nest) are scaled by L * m / executed
-pairs. `executed_madds` is the count
-of what actually runs. For global attention the two agree.
+pairs. A strided block's attention counts every query, as deeplab2 computes them before subsampling, while in
+inference the layer computes only the queries it keeps. `executed_madds` is the count of what actually runs (more
+than `madds` where local blocks compute masked pairs, fewer where strided blocks skip queries). For unstrided global
+attention the two agree.
 """
 
 import argparse

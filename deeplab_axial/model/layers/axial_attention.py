@@ -18,6 +18,9 @@ window, whose [block, m] results are shifted into (and the weights out of) the b
 reading each block's values with a row length one longer or shorter (`_query_relative_banded`): contiguous slices
 and pads where the batched form took strided transposes.
 
+With a query stride s (a strided block's subsampling), inference computes only the queries at positions 0, s,
+2s, ... against every key: blocks of strided queries with keys s * (b - 1) + m, bands shifted by s per row.
+
 The core runs on groups of sequences whose logits fit in the cache (`_sequence_groups`), one op after the other
 on data that stays there. The logits' batch norm never touches the [batch, heads, L, L] tensors: in training its
 moments come exactly from small Gram matrices of q and k (`attention_moments`; the local content term alone is
@@ -52,7 +55,7 @@ _BLOCK_OVERHEAD = 8
 ATTENTION_SCOPE_PREFIX = 'attention_keys_'
 
 
-def _block_size(length: int, span: int, max_block: int) -> int:
+def _block_size(length: int, span: int, max_block: int, stride: int = 1) -> int:
     """Queries per block of a local span m along an axis of `length`: the layout that minimises the executed
     (query, key) pairs plus each block's fixed work, blocks * keys * (b + _BLOCK_OVERHEAD), over two kinds:
 
@@ -65,57 +68,62 @@ def _block_size(length: int, span: int, max_block: int) -> int:
       compute, so that `max_block` still bounds the memory. It wins on axes up to about twice the span (65 at
       m = 65; at 129 blocks of 26 compute 0.70x its pairs).
 
-    Any layout gives the same outputs.
+    With a query `stride` s only the queries at positions 0, s, 2s, ... are computed (ceil(length / s) of them, the
+    counts above), and a block of b of them spans s * (b - 1) + m keys. Any layout gives the same outputs.
     """
-    cap = min(max_block, length)
+    queries = -(-length // stride)
+    cap = min(max_block, queries)
     best = None
-    if length * length <= -(-length // cap) * cap * (cap + span - 1):
-        best = (length * (length + _BLOCK_OVERHEAD), length)  # one block of the whole axis
-    for blocks in range(max(2, -(-length // max_block)), length + 1):
-        block = -(-length // blocks)
-        cost = -(-length // block) * (block + span - 1) * (block + _BLOCK_OVERHEAD)
+    if queries * length <= -(-queries // cap) * cap * (stride * (cap - 1) + span):
+        best = (length * (queries + _BLOCK_OVERHEAD), queries)  # one block of the whole axis
+    for blocks in range(max(2, -(-queries // max_block)), queries + 1):
+        block = -(-queries // blocks)
+        cost = -(-queries // block) * (stride * (block - 1) + span) * (block + _BLOCK_OVERHEAD)
         if best is None or cost < best[0]:
             best = (cost, block)
     return best[1]
 
 
 @functools.lru_cache(maxsize=64)
-def _window(length: int, span: Optional[int], block_size: int, max_span: int) -> dict:
-    """Static geometry of one attention call along an axis of `length`.
+def _window(length: int, span: Optional[int], block_size: int, max_span: int, stride: int = 1) -> dict:
+    """Static geometry of one attention call along an axis of `length`, for the queries at positions 0, `stride`,
+    2 * `stride`, ... (all of them by default) against every key.
 
-    Returns a dict with the block count and size (`_block_size`, at most `block_size`), the keys per block, the left
-    halo, the relative-table row for each (query-in-block, key-in-block) pair, the validity mask [blocks, block,
-    keys] (None when every pair is valid), the valid pairs per batch element, the paper's key count per query, and
-    the per-position counts of valid pairs per used table row that give the positional terms' batch-norm moments
-    (see `attention_moments`). Cached: the arrays are shared and must not be modified.
+    Returns a dict with the query count, the block count and size (`_block_size`, at most `block_size`), the keys
+    per block, the left halo, the relative-table row for each (query-in-block, key-in-block) pair, the validity mask
+    [blocks, block, keys] (None when every pair is valid), the valid pairs per batch element, the paper's key count
+    per query, and the per-position counts of valid pairs per used table row that give the positional terms'
+    batch-norm moments (see `attention_moments`). Cached: the arrays are shared and must not be modified.
     """
     radius = None if span is None else (span - 1) // 2
     # Global only when every query's window covers the axis (length <= (span + 1) / 2); any longer axis is local,
     # including one shorter than the span, where the queries near the borders still miss the far end.
     local = radius is not None and length > radius + 1
+    queries = -(-length // stride)
     if local:
-        block = _block_size(length, span, block_size)
-        blocks = -(-length // block)
-        halo = 0 if block == length else radius  # the whole axis as one block has every key in it
-        keys = block + 2 * halo
+        block = _block_size(length, span, block_size, stride)
+        blocks = -(-queries // block)
+        halo = 0 if block == queries else radius  # the whole axis as one block has every key in it
+        keys = length if block == queries else stride * (block - 1) + 2 * halo + 1
         paper_keys = min(span, length)
     else:
-        block, blocks, keys, halo = length, 1, length, 0
+        block, blocks, keys, halo = queries, 1, length, 0
         paper_keys = length
     query_in_block = np.arange(block)[:, None]
     key_in_block = np.arange(keys)[None, :]
-    relative = key_in_block - halo - query_in_block  # p - o
+    relative = key_in_block - halo - stride * query_in_block  # p - o
     table_rows = np.clip(relative, -(max_span - 1), max_span - 1) + max_span - 1
-    start = (np.arange(blocks) * block)[:, None, None]
-    query = start + query_in_block[None]
-    key = start + key_in_block[None] - halo
+    start = (np.arange(blocks) * block)[:, None, None]  # the first query index of each block
+    query = stride * (start + query_in_block[None])
+    key = stride * start + key_in_block[None] - halo
     valid = np.ones((blocks, block, keys), bool)
     if local:
         valid = (np.abs(relative)[None] <= radius) & (query < length) & (key >= 0) & (key < length)
     count_rows, query_counts, key_counts = relative_counts(query, key, table_rows[None], valid, length)
-    return dict(blocks=blocks, block=block, keys=keys, halo=halo, table_rows=table_rows.astype(np.int32),
-                mask=valid.astype(np.float32) if local else None, pairs=int(valid.sum()), paper_keys=paper_keys,
-                count_rows=count_rows, query_counts=query_counts, key_counts=key_counts)
+    return dict(queries=queries, stride=stride, blocks=blocks, block=block, keys=keys, halo=halo,
+                table_rows=table_rows.astype(np.int32), mask=valid.astype(np.float32) if local else None,
+                pairs=int(valid.sum()), paper_keys=paper_keys, count_rows=count_rows, query_counts=query_counts,
+                key_counts=key_counts)
 
 
 # The relative terms contract each (query, key) pair with its own table row. Written as matmuls batched over the
@@ -159,35 +167,37 @@ def _attention_scope(geometry: dict, length: int, keys: int) -> str:
 
 
 def _band_scope(geometry: dict, length: int) -> str:
-    """The banded relative products compute keys + 1 columns per query (`_query_relative_banded`)."""
-    return _attention_scope(geometry, length, geometry['keys'] + 1)
+    """The banded relative products compute keys + stride columns per query (`_query_relative_banded`)."""
+    return _attention_scope(geometry, length, geometry['keys'] + geometry['stride'])
 
 
-def _query_relative_banded(query: tf.Tensor, band: tf.Tensor) -> tf.Tensor:
-    """q_o . r_{p-o} inside local windows: query [n, h, i, u, d], band [1, d, keys + 1] -> [n, h, i, u, keys].
+def _query_relative_banded(query: tf.Tensor, band: tf.Tensor, keys: int) -> tf.Tensor:
+    """q_o . r_{p-o} inside local windows: query [n, h, i, u, d], band [1, d, keys + s] -> [n, h, i, u, keys], for
+    queries s positions apart (query stride s).
 
     Column j of `band` holds the table row of p - o = j - halo for j < span and zeros beyond. One matmul gives
-    x[u, j] = q_u . band_j; reading each block's [u, keys + 1] result as [u, keys] (a contiguous slice of the first
-    u * keys values) shifts row u right by u, so that entry (u, w) is x[u, w - u]: the pair's own distance, and
-    zero outside the window (the columns j >= span, or wrapped from the previous row).
+    x[u, j] = q_u . band_j; reading each block's [u, keys + s] result as [u, keys] (a contiguous slice of the first
+    u * keys values) shifts row u right by s * u, so that entry (u, w) is x[u, w - s * u]: the pair's own distance,
+    and zero outside the window (the columns j >= span, or wrapped from the previous row).
     """
     _, heads, blocks, queries, depth = query.shape
-    keys = band.shape[2] - 1
-    y = batch_matmul.matmul(tf.reshape(query, [1, -1, depth]), band)  # [1, n*h*i*u, keys + 1]
-    y = tf.slice(tf.reshape(y, [-1, queries * (keys + 1)]), [0, 0], [-1, queries * keys])  # gradient: a pad
+    columns = band.shape[2]
+    y = batch_matmul.matmul(tf.reshape(query, [1, -1, depth]), band)  # [1, n*h*i*u, keys + s]
+    y = tf.slice(tf.reshape(y, [-1, queries * columns]), [0, 0], [-1, queries * keys])  # gradient: a pad
     return tf.reshape(y, [-1, heads, blocks, queries, keys])
 
 
 def _retrieve_relative_banded(weights: tf.Tensor, band: tf.Tensor) -> tf.Tensor:
-    """sum_p a_op r_{p-o} inside local windows: weights [n, h, i, u, keys], band [1, keys + 1, d] -> [n, h, i, u, d].
+    """sum_p a_op r_{p-o} inside local windows: weights [n, h, i, u, keys], band [1, keys + s, d] -> [n, h, i, u, d].
 
-    The inverse shift of `_query_relative_banded`: each block's [u, keys] weights padded by u values and read as
-    [u, keys + 1] put a[u, u + j] at column j, the weight of distance j - halo; the band's rows j >= span are zero,
-    which drops the wrapped values there.
+    The inverse shift of `_query_relative_banded`: each block's [u, keys] weights padded by s * u values and read
+    as [u, keys + s] put a[u, s * u + j] at column j, the weight of distance j - halo; the band's rows j >= span
+    are zero, which drops the wrapped values there.
     """
     _, heads, blocks, queries, keys = weights.shape
-    y = tf.pad(tf.reshape(weights, [-1, queries * keys]), [[0, 0], [0, queries]])
-    y = batch_matmul.matmul(tf.reshape(y, [1, -1, keys + 1]), band)  # [1, n*h*i*u, d]
+    rows = band.shape[1]
+    y = tf.pad(tf.reshape(weights, [-1, queries * keys]), [[0, 0], [0, queries * (rows - keys)]])
+    y = batch_matmul.matmul(tf.reshape(y, [1, -1, rows]), band)  # [1, n*h*i*u, d]
     return tf.reshape(y, [-1, heads, blocks, queries, band.shape[2]])
 
 
@@ -367,22 +377,29 @@ class AxialAttention(keras.layers.Layer):
                 initializer=keras.initializers.TruncatedNormal(stddev=self.initialization_std_for_value_rpe))
         self.built = True
 
-    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def call(self, inputs: tf.Tensor, training: bool = False, query_stride: int = 1) -> tf.Tensor:
         """Attends along axis 1.
 
         Args:
           inputs: [batch, length, channels]; length must be static.
           training: batch statistics for every batch norm.
+          query_stride: return the outputs at positions 0, s, 2s, ... only (a strided block's subsampling). In
+            inference only those queries are computed; in training all are (the batch norms' statistics cover
+            every query, as deeplab2's attention before its subsampling) and the output is subsampled.
 
         Returns:
-          [batch, length, total_value_depth] in the compute dtype.
+          [batch, ceil(length / query_stride), total_value_depth] in the compute dtype.
         """
         length = inputs.shape[1]
         if length is None:
             raise ValueError(f'{self.name}: the attended axis must have a static length. Received shape '
                              f'{inputs.shape}')
+        if query_stride < 1:
+            raise ValueError(f'{self.name}: `query_stride` must be positive. Received: {query_stride}')
+        if training and query_stride > 1:
+            return self.call(inputs, training=training)[:, ::query_stride]
         global_axis = self.query_shape is not None and length <= self.query_shape
-        geometry = _window(length, None if global_axis else self.span, self.block_size, self.max_span)
+        geometry = _window(length, None if global_axis else self.span, self.block_size, self.max_span, query_stride)
 
         qkv = self._qkv(inputs, training)
         batch = tf.shape(qkv)[0]
@@ -425,10 +442,13 @@ class AxialAttention(keras.layers.Layer):
 
     @staticmethod
     def _query_blocks(x: tf.Tensor, geometry: dict, length: int) -> tf.Tensor:
-        """[batch, heads, length, depth] -> [batch, heads, blocks, block, depth], zero-padded at the end."""
+        """[batch, heads, length, depth] -> [batch, heads, blocks, block, depth]: the queries at the stride,
+        zero-padded at the end."""
+        if geometry['stride'] > 1:
+            x = x[:, :, ::geometry['stride']]
         padded = geometry['blocks'] * geometry['block']
-        if padded > length:
-            x = tf.pad(x, [[0, 0], [0, 0], [0, padded - length], [0, 0]])
+        if padded > geometry['queries']:
+            x = tf.pad(x, [[0, 0], [0, 0], [0, padded - geometry['queries']], [0, 0]])
         return tf.reshape(x, [tf.shape(x)[0], x.shape[1], geometry['blocks'], geometry['block'], x.shape[-1]])
 
     @staticmethod
@@ -436,9 +456,10 @@ class AxialAttention(keras.layers.Layer):
         """[batch, heads, length, depth] -> [batch, heads, blocks, keys, depth]: each block's keys with the halo."""
         if geometry['blocks'] == 1 and geometry['halo'] == 0:  # one block: its keys are the whole axis
             return tf.expand_dims(x, 2)
-        halo, block, blocks, keys = geometry['halo'], geometry['block'], geometry['blocks'], geometry['keys']
-        x = tf.pad(x, [[0, 0], [0, 0], [halo, blocks * block - length + halo], [0, 0]])
-        index = (np.arange(blocks)[:, None] * block + np.arange(keys)[None, :]).reshape(-1).astype(np.int32)
+        halo, blocks, keys = geometry['halo'], geometry['blocks'], geometry['keys']
+        step = geometry['stride'] * geometry['block']  # positions between the first queries of two blocks
+        x = tf.pad(x, [[0, 0], [0, 0], [halo, max(0, (blocks - 1) * step + keys - halo - length)], [0, 0]])
+        index = (np.arange(blocks)[:, None] * step + np.arange(keys)[None, :]).reshape(-1).astype(np.int32)
         x = tf.gather(x, index, axis=2)
         return tf.reshape(x, [tf.shape(x)[0], x.shape[1], blocks, keys, x.shape[-1]])
 
@@ -447,12 +468,12 @@ class AxialAttention(keras.layers.Layer):
         return tf.gather(tf.cast(table, dtype), geometry['table_rows'])
 
     def _band(self, table: tf.Variable, geometry: dict, dtype: tf.DType, transpose: bool) -> tf.Tensor:
-        """The table rows of local blocks with a halo by distance, zero-padded to keys + 1: [1, keys + 1, depth]
-        (row j: distance j - halo), or [1, depth, keys + 1] with `transpose` (`_query_relative_banded`)."""
+        """The table rows of local blocks with a halo by distance, zero-padded to keys + stride: [1, keys + s, depth]
+        (row j: distance j - halo), or [1, depth, keys + s] with `transpose` (`_query_relative_banded`)."""
         span = 2 * geometry['halo'] + 1
         rows = np.clip(np.arange(span) - geometry['halo'], -(self.max_span - 1), self.max_span - 1) + self.max_span - 1
         band = tf.gather(tf.cast(table, dtype), rows.astype(np.int32))
-        band = tf.pad(band, [[0, geometry['keys'] + 1 - span], [0, 0]])
+        band = tf.pad(band, [[0, geometry['keys'] + geometry['stride'] - span], [0, 0]])
         return (tf.transpose(band) if transpose else band)[None]
 
     def _similarity_moments(self, query: tf.Tensor, key: tf.Tensor, geometry: dict) -> dict:
@@ -476,7 +497,7 @@ class AxialAttention(keras.layers.Layer):
 
     def _attend(self, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, geometry: dict, length: int,
                 training: bool, similarity_moments: dict) -> tf.Tensor:
-        """Blocked Eq. 4 with folded batch norms; returns float32 [batch, length, total_value_depth].
+        """Blocked Eq. 4 with folded batch norms; returns float32 [batch, queries, total_value_depth].
 
         `similarity_moments` holds the training-mode moments of the similarity terms computed from the unblocked
         q and k; a term missing there is reduced from its logits.
@@ -534,7 +555,7 @@ class AxialAttention(keras.layers.Layer):
           mask: the [blocks, block, keys] validity mask of a local span, else None.
 
         Returns:
-          Per retrieval term, float32 [n, length, total_value_depth].
+          Per retrieval term, float32 [n, queries, total_value_depth] (the geometry's queries).
         """
         weights = self._attention_weights(query, key, scale, relative, mask, geometry, length)
         return self._retrieve(weights, value, relative, mask, geometry, length)
@@ -551,7 +572,7 @@ class AxialAttention(keras.layers.Layer):
                 term = batch_matmul.matmul(scale[index] * query, key, transpose_b=True)
             elif name == 'query_rpe' and geometry['halo']:
                 with tf.name_scope(_band_scope(geometry, length)):
-                    term = _query_relative_banded(scale[index] * query, relative['query_rpe'])
+                    term = _query_relative_banded(scale[index] * query, relative['query_rpe'], geometry['keys'])
             elif name == 'query_rpe':
                 term = _query_relative(scale[index] * query, relative['query_rpe'])
             else:
@@ -582,8 +603,8 @@ class AxialAttention(keras.layers.Layer):
                 output = _retrieve_relative(weights, relative['value_rpe'])
             output = tf.reshape(output, [tf.shape(output)[0], geometry['blocks'] * geometry['block'],
                                          self.total_value_depth])
-            if geometry['blocks'] * geometry['block'] > length:
-                output = tf.slice(output, [0, 0, 0], [-1, length, -1])  # gradient: a pad
+            if geometry['blocks'] * geometry['block'] > geometry['queries']:
+                output = tf.slice(output, [0, 0, 0], [-1, geometry['queries'], -1])  # gradient: a pad
             outputs.append(tf.cast(output, tf.float32))
         return outputs
 
@@ -659,19 +680,17 @@ class AxialAttention2D(keras.layers.Layer):
         """[batch, height, width, channels] -> [batch, ceil(height/s), ceil(width/s), filters * value_expansion]."""
         batch = tf.shape(inputs)[0]
         height, width = inputs.shape[1], inputs.shape[2]
+        # Subsampling keeps the outputs at every s-th position of each axis: the attention returns those only
+        # (in inference it computes no other query).
+        stride = self.strides if self.strides > 1 and not self.stride_by_average_pool else 1
         x = tf.reshape(tf.transpose(inputs, [0, 2, 1, 3]), [-1, height, inputs.shape[-1]])
-        x = self.height_axis(x, training=training)
+        x = self.height_axis(x, training=training, query_stride=stride)
+        height = x.shape[1]
         x = tf.transpose(tf.reshape(x, [batch, width, height, x.shape[-1]]), [0, 2, 1, 3])
-        subsample = self.strides > 1 and not self.stride_by_average_pool
-        if subsample:
-            x = x[:, ::self.strides]
-            height = x.shape[1]
         x = tf.reshape(x, [-1, width, x.shape[-1]])
-        x = self.width_axis(x, training=training)
-        x = tf.reshape(x, [batch, height, width, x.shape[-1]])
-        if subsample:
-            x = x[:, :, ::self.strides]
-        elif self.strides > 1:
+        x = self.width_axis(x, training=training, query_stride=stride)
+        x = tf.reshape(x, [batch, height, x.shape[1], x.shape[-1]])
+        if self.strides > 1 and self.stride_by_average_pool:
             x = tf.nn.avg_pool2d(x, self.strides, self.strides, 'SAME')
         return x
 
