@@ -10,7 +10,9 @@ tf.function (graph mode); `train` is trainer/train_step.make_train_step_fn (Pano
 Lookahead, weight decay) on random data, batch 1.
 
 Printed per case: the paper-comparable and executed multiply-adds (deeplab_axial.tools.model_stats: local
-attention counted at m keys per query, or at the keys its blocks compute), the median and best time, and
+attention counted at m keys per query, or at the keys its blocks compute; strided blocks' attention counted at every
+query, as deeplab2 computes it, or at the kept queries the inference forward computes), the median and best time,
+and
 
   forward: floor multiple = time / (2 * paper M-Adds / matmul FLOP/s), i.e. how many times slower than a dense
            matmul doing the paper's arithmetic;
