@@ -406,7 +406,7 @@ class AxialAttention(keras.layers.Layer):
         query, key, value = self._split_heads(qkv, batch, length)
         # Moments of the positional (and global content) logits from the unblocked queries and keys.
         moments = self._similarity_moments(query, key, geometry) if training else {}
-        query = self._query_blocks(query, geometry, length)
+        query = self._query_blocks(query, geometry)
         key = self._key_blocks(key, geometry, length)
         value = self._key_blocks(value, geometry, length)
 
@@ -441,7 +441,7 @@ class AxialAttention(keras.layers.Layer):
         return heads_first(query), heads_first(key), heads_first(value)
 
     @staticmethod
-    def _query_blocks(x: tf.Tensor, geometry: dict, length: int) -> tf.Tensor:
+    def _query_blocks(x: tf.Tensor, geometry: dict) -> tf.Tensor:
         """[batch, heads, length, depth] -> [batch, heads, blocks, block, depth]: the queries at the stride,
         zero-padded at the end."""
         if geometry['stride'] > 1:
