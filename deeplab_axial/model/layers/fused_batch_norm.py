@@ -34,8 +34,9 @@ def inference_scale_and_shift(scale: Optional[tf.Tensor], offset: Optional[tf.Te
 def fused_batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float,
                      mean: Optional[tf.Tensor] = None,
                      variance: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Batch norm of float32 `x` over its last axis: TensorFlow's fused kernel with the batch's statistics, a
-    multiply and a bias add (`inference_scale_and_shift`) with given ones.
+    """Batch norm of float32 `x` over its last axis: TensorFlow's fused kernel with the batch's statistics; with
+    given ones, the kernel's inference form for a feature map (rank 4, which grappler fuses into a convolution before
+    it), else a multiply and a bias add (`inference_scale_and_shift`).
 
     Args:
       x: float32 [..., channels].
@@ -47,6 +48,10 @@ def fused_batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon:
       (y, mean, variance): the output in the shape of `x`, and the statistics used, the variance biased (the kernel
       returns the unbiased one for training; Keras averages the biased one).
     """
+    if mean is not None and len(x.shape) == 4:
+        y = tf.raw_ops.FusedBatchNormV3(x=x, scale=scale, offset=offset, mean=mean, variance=variance,
+                                        epsilon=epsilon, is_training=False)[0]
+        return y, mean, variance
     if mean is not None:
         a, b = inference_scale_and_shift(scale, offset, mean, variance, epsilon)
         return tf.nn.bias_add(x * a, b), mean, variance
@@ -87,10 +92,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             y, mean, variance = fused_batch_norm(x, scale, offset, self.epsilon)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
-        elif len(inputs.shape) == 4:
-            y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon, is_training=False)
         else:
             y, _, _ = fused_batch_norm(x, scale, offset, self.epsilon, tf.cast(self.moving_mean, tf.float32),
                                        tf.cast(self.moving_variance, tf.float32))
