@@ -129,7 +129,9 @@ def build_runner(config_file: str, checkpoint: str, scales: Optional[Sequence[fl
     scales = loaded.scales if scales is None else scales
     flip = loaded.flip if flip is None else flip
     if loaded.task == common.TASK_PANOPTIC:
-        return CheckpointRunner(call, tf.function(loaded.post_processor), loaded.descriptor, loaded.task, loaded.model_name, scales,
-                                flip, input_size=loaded.input_size, resize_options=loaded.resize_options)
+        # Post-processing at the model's input size: one trace, run as a graph.
+        return CheckpointRunner(call, tf.function(loaded.post_processor), loaded.descriptor, loaded.task,
+                                loaded.model_name, scales, flip, input_size=loaded.input_size,
+                                resize_options=loaded.resize_options)
     return CheckpointRunner(call, None, loaded.descriptor, loaded.task, loaded.model_name, scales, flip,
                             input_size=loaded.input_size)

@@ -63,8 +63,8 @@ def _block_size(length: int, span: int, max_block: int, stride: int = 1) -> int:
       blocks waste fewer pairs (b = 64 and m = 65 compute 128 keys per query, 1.97x the paper's m), large ones
       repeat the halo's keys and values and the per-product overhead less often. Sizes are taken as
       ceil(length / blocks), so that the padding of the last block stays small;
-    - the whole axis as one block of `length` queries against its `length` keys, masked to the windows (returned
-      as b = length; it has no halo), where its length^2 pairs are no more than blocks of `max_block` queries
+    - the whole axis as one block of all its queries against its `length` keys, masked to the windows (returned
+      as b = the query count; it has no halo), where its length^2 pairs are no more than blocks of `max_block` queries
       compute, so that `max_block` still bounds the memory. It wins on axes up to about twice the span (65 at
       m = 65; at 129 blocks of 26 compute 0.70x its pairs).
 
@@ -222,7 +222,8 @@ def _dynamic_sequence_groups(count: tf.Tensor, logit_bytes: int) -> Tuple[tf.Ten
     """
     most = max(1, _GROUP_BYTES // logit_bytes)
     groups = (count + most - 1) // most
-    return groups, (count + tf.maximum(groups, 1) - 1) // tf.maximum(groups, 1)
+    divisor = tf.maximum(groups, 1)  # 0 sequences: 0 groups of 0, not a division by zero
+    return groups, (count + divisor - 1) // divisor
 
 
 def _by_sequence_groups(fn, tensors: List[Optional[tf.Tensor]], logit_bytes: int, num_outputs: int
