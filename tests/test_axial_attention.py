@@ -429,3 +429,9 @@ def test_bad_arguments_name_the_field(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         AxialAttention(**args)
+
+
+def test_a_bad_query_stride_names_the_argument(rng):
+    layer, x = _layer_and_input(rng)
+    with pytest.raises(ValueError, match='query_stride.*Received: 0'):
+        layer(x, query_stride=0)
